@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (DatasetNotFoundError, DatasetFormatError, ValueError, ImportError) as error:
+    except (DatasetNotFoundError, DatasetFormatError, FileExistsError, ValueError, TypeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
