@@ -116,3 +116,19 @@ def test_bank_lives_on_the_requested_device(coco12, device):
     bank = ImageBank.from_dataset(coco12, canvas_size=8, device=device, progress=False)
     for tensor in (bank.images, bank.sizes, bank.dataset_index, bank.boxes, bank.labels):
         assert tensor.device.type == device
+
+
+def test_pool_refresh_leaves_busy_slots_alone(coco12):
+    with ImagePool(coco12, capacity=6, canvas_size=8, seed=1, progress=False, num_workers=1) as pool:
+        busy = torch.tensor([True, False, True, False, True, True])
+        before = pool.dataset_index.clone()
+        pixels = pool.images.clone()
+        replaced = 0
+        deadline = time.monotonic() + 20
+        while replaced < 4 and time.monotonic() < deadline:
+            replaced += pool.refresh(busy=busy)
+            time.sleep(0.01)
+            assert torch.equal(pool.dataset_index[busy], before[busy])
+            assert torch.equal(pool.images[busy], pixels[busy])
+            _check_aligned(pool, coco12)
+        assert replaced >= 4

@@ -149,7 +149,7 @@ class ImageBank:
             f"{self.boxes.shape[1]} box slots, {self.num_skipped} skipped)"
         )
 
-    def refresh(self, max_images: int | None = None) -> int:
+    def refresh(self, max_images: int | None = None, busy: torch.Tensor | None = None) -> int:
         """Swap newly decoded images into the bank. A static bank has none: returns 0."""
         return 0
 
@@ -315,13 +315,20 @@ class ImagePool(ImageBank):
                 if produced == 0:
                     return  # a whole pass decoded nothing new: keep the resident images, stop spinning
 
-    def refresh(self, max_images: int | None = None) -> int:
-        """Swap up to ``max_images`` decoded images (all that are ready by default) into the oldest slots.
+    def refresh(self, max_images: int | None = None, busy: torch.Tensor | None = None) -> int:
+        """Swap up to ``max_images`` decoded images (all that are ready by default) into the oldest free slots.
+
+        Args:
+            max_images: Most slots to replace.
+            busy: ``bool [P]`` slots that must keep their image (e.g. those an environment is viewing).
 
         Never blocks. Returns how many slots were replaced.
         """
+        free = torch.arange(len(self)) if busy is None else (~busy.cpu()).nonzero().flatten()
+        # Oldest first: free slots from the rotating pointer onwards, then those before it.
+        free = torch.cat([free[free >= self._next_slot], free[free < self._next_slot]])
         items: list[_Loaded] = []
-        limit = len(self) if max_images is None else min(max_images, len(self))
+        limit = len(free) if max_images is None else min(max_images, len(free))
         while len(items) < limit:
             try:
                 items.append(self._ready.get_nowait())
@@ -333,7 +340,7 @@ class ImagePool(ImageBank):
             _warn_skipped(self._failures, len(self.dataset), self.dataset)
         if not items:
             return 0
-        slots = (torch.arange(len(items)) + self._next_slot) % len(self)
+        slots = free[: len(items)]
         self._next_slot = int(slots[-1] + 1) % len(self)
         pixels = torch.from_numpy(np.stack([item.pixels for item in items])).permute(0, 3, 1, 2)
         boxes, labels = _pad_annotations(items, self._max_boxes)
