@@ -1,0 +1,426 @@
+"""The ViewTransform MDP as pure functions on batched tensors: parameters, state, reset, step, annotations.
+
+Nothing here holds mutable state or loops over environments: :class:`EnvParams` are frozen constants,
+:class:`EnvState` is a bundle of ``[N, ...]`` tensors, and each function maps tensors to new tensors. The
+environment classes in :mod:`view_env.vector` are thin shells around these functions.
+
+Coordinates: a view box is ``(x0, y0, x1, y1)`` in normalised image coordinates (``[0, 1]`` across the original
+image, whatever its size). Its *pixel aspect* is ``(x1 - x0) * W / ((y1 - y0) * H)`` for an image of ``W x H``
+pixels; a view of pixel aspect 1 renders without distortion.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from view_env import rng
+
+#: Augmentations in the order of the augmentation state's columns (``info["aug"]``).
+AUGMENTATIONS: tuple[str, ...] = ("flip", "brightness", "contrast", "saturation", "hue", "grayscale", "blur")
+#: The identity value of each augmentation (the state at reset).
+IDENTITY: dict[str, float] = {
+    "flip": 0.0, "brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.0, "grayscale": 0.0, "blur": 0.0,
+}
+#: The value a discrete toggle action switches an augmentation to (and back from).
+TOGGLED: dict[str, float] = {
+    "flip": 1.0, "brightness": 1.5, "contrast": 1.5, "saturation": 0.25, "hue": 0.15, "grayscale": 1.0, "blur": 1.5,
+}
+#: Discrete geometric actions, in action-index order; augmentation toggles follow them.
+GEOMETRY_ACTIONS: tuple[str, ...] = (
+    "noop", "pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out", "wider", "taller",
+)
+ACTION_MODES = ("discrete", "continuous")
+OBS_MODES = ("view", "dict")
+
+Task = str | Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EnvParams:
+    """Constants of a ViewTransform environment. Every field has a default; see docs/envs.md.
+
+    Attributes:
+        obs_size: Side ``S`` of the rendered square view, in pixels.
+        max_episode_steps: Episodes are truncated after this many steps; ``None`` never truncates (the single
+            environment made by ``gym.make`` leaves truncation to Gymnasium's ``TimeLimit`` wrapper).
+        action_mode: ``"discrete"`` (primitive moves and augmentation toggles) or ``"continuous"``.
+        obs_mode: ``"view"`` (the image alone) or ``"dict"`` (``view``, ``box``, ``target``).
+        augmentations: The enabled augmentations, a subset of :data:`AUGMENTATIONS` in that order.
+        min_scale: Smallest view area as a fraction of the image area.
+        max_aspect: Largest pixel aspect ratio of a view (and smallest is its inverse).
+        pan_fraction: A discrete pan moves the view by this fraction of its own width or height.
+        zoom_factor: A discrete zoom scales the view's sides by this factor.
+        aspect_factor: A discrete wider/taller scales width and height by this factor in opposite directions.
+        max_pan: Continuous ``dx, dy`` in ``[-1, 1]`` move the view by up to this many view widths/heights.
+        max_log_scale: Continuous log-scale in ``[-1, 1]`` scales the view's sides by up to ``exp`` of this.
+        max_log_aspect: Continuous log-aspect in ``[-1, 1]`` changes the aspect by up to ``exp`` of this.
+        init_scale: Range of the initial view's area (fraction of the image), drawn log-uniformly; ``(1, 1)``
+            starts every episode from the whole image.
+        init_aspect: Range of the initial view's pixel aspect, drawn log-uniformly.
+        coverage_grid: Annotations are measured on a ``G x G`` grid of points inside the view.
+        success_coverage: Search succeeds when the target covers this fraction of the view (or, for targets too
+            small to reach it at ``min_scale``, 80% of what they can reach).
+    """
+
+    obs_size: int = 64
+    max_episode_steps: int | None = 16
+    action_mode: str = "discrete"
+    obs_mode: str = "view"
+    augmentations: tuple[str, ...] = AUGMENTATIONS
+    min_scale: float = 0.05
+    max_aspect: float = 2.0
+    pan_fraction: float = 0.25
+    zoom_factor: float = 1.25
+    aspect_factor: float = 1.25
+    max_pan: float = 0.5
+    max_log_scale: float = math.log(1.5)
+    max_log_aspect: float = math.log(1.5)
+    init_scale: tuple[float, float] = (0.25, 1.0)
+    init_aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    coverage_grid: int = 16
+    success_coverage: float = 0.3
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
+
+        need(isinstance(self.obs_size, int) and self.obs_size >= 8, "obs_size", "an integer >= 8 (pixels)")
+        need(self.max_episode_steps is None or (isinstance(self.max_episode_steps, int)
+                                                and self.max_episode_steps >= 1), "max_episode_steps",
+             "an integer >= 1 or None")
+        need(self.action_mode in ACTION_MODES, "action_mode", f"one of {ACTION_MODES}")
+        need(self.obs_mode in OBS_MODES, "obs_mode", f"one of {OBS_MODES}")
+        unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
+        need(not unknown and len(set(self.augmentations)) == len(self.augmentations), "augmentations",
+             f"distinct names from {AUGMENTATIONS}")
+        object.__setattr__(self, "augmentations", tuple(a for a in AUGMENTATIONS if a in self.augmentations))
+        need(0 < self.min_scale <= 1, "min_scale", "a fraction of the image area in (0, 1]")
+        need(self.max_aspect >= 1, "max_aspect", "a ratio >= 1")
+        need(self.pan_fraction > 0, "pan_fraction", "> 0")
+        need(self.zoom_factor > 1, "zoom_factor", "> 1")
+        need(self.aspect_factor > 1, "aspect_factor", "> 1")
+        need(len(self.init_scale) == 2 and self.min_scale <= self.init_scale[0] <= self.init_scale[1] <= 1,
+             "init_scale", f"(low, high) with min_scale={self.min_scale} <= low <= high <= 1")
+        need(len(self.init_aspect) == 2 and 0 < self.init_aspect[0] <= self.init_aspect[1], "init_aspect",
+             "(low, high) with 0 < low <= high")
+        need(isinstance(self.coverage_grid, int) and self.coverage_grid >= 2, "coverage_grid", "an integer >= 2")
+        need(0 < self.success_coverage <= 1, "success_coverage", "a fraction in (0, 1]")
+
+    @property
+    def num_actions(self) -> int:
+        """Size of the discrete action space: the geometric moves, then one toggle per enabled augmentation."""
+        return len(GEOMETRY_ACTIONS) + len(self.augmentations)
+
+    @property
+    def action_dim(self) -> int:
+        """Length of a continuous action: ``dx, dy, log-scale, log-aspect``, then one strength per augmentation."""
+        return 4 + len(self.augmentations)
+
+    def action_names(self) -> tuple[str, ...]:
+        """Name of each discrete action, by index."""
+        return GEOMETRY_ACTIONS + tuple(f"toggle_{a}" for a in self.augmentations)
+
+
+@dataclass
+class EnvState:
+    """Per-environment state, every field a tensor with leading dimension ``N`` on one device.
+
+    Attributes:
+        slot: ``int64 [N]`` image bank slot of the image being viewed.
+        box: ``float32 [N, 4]`` view box ``(x0, y0, x1, y1)``, normalised.
+        aug: ``float32 [N, 7]`` augmentation state, columns as in :data:`AUGMENTATIONS`.
+        step: ``int64 [N]`` steps taken in the current episode.
+        episode: ``int64 [N]`` episodes begun by each environment (the random stream's counter).
+        target: ``int64 [N]`` search target category, ``-1`` when there is none.
+        target_coverage: ``float32 [N]`` coverage of the target that counts as success.
+    """
+
+    slot: torch.Tensor
+    box: torch.Tensor
+    aug: torch.Tensor
+    step: torch.Tensor
+    episode: torch.Tensor
+    target: torch.Tensor
+    target_coverage: torch.Tensor
+
+    @classmethod
+    def empty(cls, num_envs: int, device: torch.device) -> EnvState:
+        """A state of ``num_envs`` environments, all viewing slot 0 in full, to be overwritten by :func:`reset`."""
+        def zeros(*shape: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        box = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).repeat(num_envs, 1)
+        return cls(zeros(num_envs), box, identity_aug(num_envs, device), zeros(num_envs), zeros(num_envs),
+                   zeros(num_envs) - 1, zeros(num_envs, dtype=torch.float32))
+
+    def where(self, mask: torch.Tensor, other: EnvState) -> EnvState:
+        """Take ``other``'s rows where ``mask`` (``bool [N]``) holds and keep this state's elsewhere."""
+        merged = {}
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            m = mask.view(-1, *([1] * (mine.dim() - 1)))
+            merged[f.name] = torch.where(m, theirs, mine)
+        return EnvState(**merged)
+
+
+def identity_aug(num_envs: int, device: torch.device) -> torch.Tensor:
+    """``float32 [N, 7]``: every augmentation at its identity value."""
+    values = torch.tensor([IDENTITY[a] for a in AUGMENTATIONS], dtype=torch.float32, device=device)
+    return values.repeat(num_envs, 1)
+
+
+def image_aspect(sizes: torch.Tensor) -> torch.Tensor:
+    """``float32 [N]`` width / height of each image, from ``int64 [N, 2]`` (height, width) sizes."""
+    return sizes[:, 1].float() / sizes[:, 0].float()
+
+
+def legal_box(cx: torch.Tensor, cy: torch.Tensor, w: torch.Tensor, h: torch.Tensor, aspect: torch.Tensor,
+              params: EnvParams) -> torch.Tensor:
+    """Project a view given by centre and size (all ``float32 [N]``, normalised) onto the legal views.
+
+    In order: the pixel aspect is clamped to ``[1 / max_aspect, max_aspect]`` keeping the area; the area is raised
+    to at least ``min_scale`` keeping the aspect; each side is capped at the whole image; the box is shifted to lie
+    inside the image. (Only an image more elongated than ``max_aspect`` can end with a smaller area, when its short
+    side caps the view.)
+
+    Args:
+        aspect: ``float32 [N]`` image width / height in pixels.
+
+    Returns:
+        ``float32 [N, 4]`` boxes ``(x0, y0, x1, y1)``.
+    """
+    area = (w * h).clamp_min(1e-12)
+    log_ratio = torch.log(w / h * aspect).clamp(-math.log(params.max_aspect), math.log(params.max_aspect))
+    area = area.clamp(min=params.min_scale, max=1.0)
+    ratio = torch.exp(log_ratio) / aspect  # normalised w / h giving the clamped pixel aspect
+    w = torch.sqrt(area * ratio).clamp(max=1.0)
+    h = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = torch.minimum(torch.maximum(cx, w / 2), 1 - w / 2)
+    cy = torch.minimum(torch.maximum(cy, h / 2), 1 - h / 2)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def _unpack(box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x0, y0, x1, y1 = box.unbind(-1)
+    return (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+
+
+def initial_boxes(uniforms: torch.Tensor, aspect: torch.Tensor, params: EnvParams) -> torch.Tensor:
+    """Random initial views, like RandomResizedCrop: log-uniform area and pixel aspect, uniform position.
+
+    Args:
+        uniforms: ``float32 [N, 4]`` uniform draws in ``[0, 1)``.
+        aspect: ``float32 [N]`` image width / height.
+
+    Returns:
+        ``float32 [N, 4]`` legal boxes.
+    """
+    lo, hi = (math.log(v) for v in params.init_scale)
+    area = torch.exp(lo + (hi - lo) * uniforms[:, 0])
+    alo, ahi = (math.log(v) for v in params.init_aspect)
+    ratio = torch.exp(alo + (ahi - alo) * uniforms[:, 1]) / aspect
+    w = torch.sqrt(area * ratio).clamp(max=1.0)
+    h = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = w / 2 + (1 - w) * uniforms[:, 2]
+    cy = h / 2 + (1 - h) * uniforms[:, 3]
+    return legal_box(cx, cy, w, h, aspect, params)
+
+
+def apply_discrete(box: torch.Tensor, aug: torch.Tensor, action: torch.Tensor, aspect: torch.Tensor,
+                   params: EnvParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply discrete actions (``int64 [N]``, see :meth:`EnvParams.action_names`) to views and augmentations.
+
+    Returns:
+        New ``float32 [N, 4]`` boxes and ``float32 [N, 7]`` augmentation state.
+    """
+    cx, cy, w, h = _unpack(box)
+    pan, zoom, stretch = params.pan_fraction, params.zoom_factor, params.aspect_factor
+    # Per-action multipliers and offsets, looked up by index: no branching per environment.
+    table = torch.tensor(
+        [  # dx (view widths), dy (view heights), width factor, height factor
+            [0, 0, 1, 1], [-pan, 0, 1, 1], [pan, 0, 1, 1], [0, -pan, 1, 1], [0, pan, 1, 1],
+            [0, 0, 1 / zoom, 1 / zoom], [0, 0, zoom, zoom], [0, 0, stretch, 1 / stretch], [0, 0, 1 / stretch, stretch],
+        ] + [[0, 0, 1, 1]] * len(params.augmentations),
+        dtype=torch.float32, device=box.device,
+    )
+    move = table[action]
+    new_box = legal_box(cx + move[:, 0] * w, cy + move[:, 1] * h, w * move[:, 2], h * move[:, 3], aspect,
+                        params)
+    toggle = action - len(GEOMETRY_ACTIONS)  # index into params.augmentations, negative for geometric actions
+    new_aug = aug.clone()
+    for k, name in enumerate(params.augmentations):
+        column = AUGMENTATIONS.index(name)
+        hit = toggle == k
+        at_identity = aug[:, column] == IDENTITY[name]
+        flipped = torch.where(at_identity, TOGGLED[name], IDENTITY[name])
+        new_aug[:, column] = torch.where(hit, flipped, aug[:, column])
+    return new_box, new_aug
+
+
+def strength_to_aug(name: str, strength: torch.Tensor) -> torch.Tensor:
+    """Map a continuous strength in ``[-1, 1]`` to the augmentation's parameter.
+
+    ``flip`` and ``grayscale``: on when the strength is positive; ``brightness``, ``contrast``: ``1 + 0.5 s``;
+    ``saturation``: ``1 + s`` (0 is grayscale, 2 doubles it); ``hue``: ``0.15 s``; ``blur``: Gaussian sigma
+    ``1.5 max(s, 0)`` output pixels.
+    """
+    if name in ("flip", "grayscale"):
+        return (strength > 0).float()
+    if name in ("brightness", "contrast"):
+        return 1 + 0.5 * strength
+    if name == "saturation":
+        return 1 + strength
+    if name == "hue":
+        return 0.15 * strength
+    if name == "blur":
+        return 1.5 * strength.clamp_min(0)
+    raise ValueError(f"unknown augmentation {name!r}; expected one of {AUGMENTATIONS}")
+
+
+def apply_continuous(box: torch.Tensor, aug: torch.Tensor, action: torch.Tensor, aspect: torch.Tensor,
+                     params: EnvParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply continuous actions ``float32 [N, 4 + A]`` in ``[-1, 1]``: the relative box, then strengths.
+
+    The first four entries are the new view in the frame of the old one: ``dx, dy`` (centre shift in view
+    widths/heights, times ``max_pan``), log-scale (sides times ``exp(s * max_log_scale)``) and log-aspect (width
+    times and height divided by ``exp(s * max_log_aspect / 2)``). Each enabled augmentation's strength sets its
+    parameter through :func:`strength_to_aug`.
+    """
+    action = action.clamp(-1, 1)
+    cx, cy, w, h = _unpack(box)
+    scale = torch.exp(action[:, 2] * params.max_log_scale)
+    stretch = torch.exp(action[:, 3] * params.max_log_aspect / 2)
+    new_box = legal_box(cx + action[:, 0] * params.max_pan * w, cy + action[:, 1] * params.max_pan * h,
+                        w * scale * stretch, h * scale / stretch, aspect, params)
+    new_aug = aug.clone()
+    for k, name in enumerate(params.augmentations):
+        new_aug[:, AUGMENTATIONS.index(name)] = strength_to_aug(name, action[:, 4 + k])
+    return new_box, new_aug
+
+
+def coverage(view: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, num_categories: int,
+             grid: int) -> torch.Tensor:
+    """Fraction of each view covered by objects of each category: the annotation vector.
+
+    The view is sampled at the centres of a ``grid x grid`` lattice of cells; a point counts for category ``c``
+    when it lies inside any box of category ``c`` (half-open: ``x0 <= x < x1``). Overlapping boxes of one category
+    count once, so the value is the area of the union, measured to ``1 / grid**2``.
+
+    Args:
+        view: ``float32 [N, 4]`` view boxes, normalised.
+        boxes: ``float32 [N, M, 4]`` object boxes of each environment's image, normalised.
+        labels: ``int64 [N, M]`` their categories, ``-1`` for padding.
+        num_categories: ``A``.
+        grid: ``G``.
+
+    Returns:
+        ``float32 [N, A]`` in ``[0, 1]``.
+    """
+    n = view.shape[0]
+    if num_categories == 0 or boxes.shape[1] == 0:
+        return torch.zeros((n, num_categories), dtype=torch.float32, device=view.device)
+    t = (torch.arange(grid, device=view.device, dtype=torch.float32) + 0.5) / grid  # (G,)
+    xs = view[:, 0:1] + t * (view[:, 2:3] - view[:, 0:1])  # (N, G)
+    ys = view[:, 1:2] + t * (view[:, 3:4] - view[:, 1:2])  # (N, G)
+    in_x = (xs[:, :, None] >= boxes[:, None, :, 0]) & (xs[:, :, None] < boxes[:, None, :, 2])  # (N, G, M)
+    in_y = (ys[:, :, None] >= boxes[:, None, :, 1]) & (ys[:, :, None] < boxes[:, None, :, 3])  # (N, G, M)
+    onehot = torch.nn.functional.one_hot(labels.clamp_min(0), num_categories).float()
+    onehot = onehot * (labels >= 0).unsqueeze(-1)  # (N, M, A): padding belongs to no category
+    inside = (in_y[:, :, None, :] & in_x[:, None, :, :]).reshape(n, grid * grid, boxes.shape[1]).float()  # (N, G², M)
+    covered = torch.bmm(inside, onehot) > 0  # (N, G*G, A)
+    return covered.float().mean(dim=1)
+
+
+def draw_targets(uniforms: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
+                 params: EnvParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw a search target per environment: the category of a uniformly drawn object of its image.
+
+    Args:
+        uniforms: ``float32 [N]`` uniform draws.
+        labels: ``int64 [N, M]`` object categories (``-1`` padding, which comes last).
+        boxes: ``float32 [N, M, 4]`` object boxes.
+
+    Returns:
+        ``int64 [N]`` targets (``-1`` for an image without objects) and ``float32 [N]`` the coverage that counts
+        as success: ``min(success_coverage, 0.8 * a / min_scale)`` with ``a`` the area of the target's largest
+        object, so that every target can be reached.
+    """
+    count = (labels >= 0).sum(dim=1)
+    pick = (uniforms * count).long().clamp(max=max(labels.shape[1] - 1, 0))
+    if labels.shape[1] == 0:
+        return torch.full_like(count, -1), torch.ones_like(uniforms)
+    target = torch.where(count > 0, labels.gather(1, pick[:, None]).squeeze(1), -1)
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (N, M)
+    largest = torch.where(labels == target[:, None], area, 0).amax(dim=1)
+    reachable = 0.8 * (largest / params.min_scale).clamp(max=1.0)
+    return target, torch.minimum(torch.full_like(reachable, params.success_coverage), reachable)
+
+
+def reset_state(state: EnvState, mask: torch.Tensor, seed: int, env_ids: torch.Tensor, num_images: int,
+                sizes: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, params: EnvParams,
+                search: bool) -> EnvState:
+    """Begin a new episode in the environments where ``mask`` (``bool [N]``) holds.
+
+    The new episode of environment ``i`` is drawn from the hash of ``(seed, i, episode)``: its image, its initial
+    view and its search target.
+
+    Args:
+        state: The current state.
+        env_ids: ``int64 [N]`` global environment indices.
+        num_images: Number of slots ``P`` in the image bank.
+        sizes: ``int64 [P, 2]`` (height, width) of each bank image; labels ``int64 [P, M]`` and boxes
+            ``float32 [P, M, 4]`` their annotations.
+        search: Draw search targets.
+    """
+    episode = state.episode + mask.long()  # the counter of a fresh episode
+    u = rng.uniform(seed, env_ids, episode, 6)
+    slot = (u[:, 0] * num_images).long().clamp(max=num_images - 1)
+    aspect = image_aspect(sizes[slot])
+    box = initial_boxes(u[:, 1:5], aspect, params)
+    if search:
+        target, target_coverage = draw_targets(u[:, 5], labels[slot], boxes[slot], params)
+    else:
+        target, target_coverage = torch.full_like(slot, -1), torch.ones_like(u[:, 5])
+    fresh = EnvState(slot, box, identity_aug(len(slot), box.device), torch.zeros_like(slot), episode, target,
+                     target_coverage)
+    return state.where(mask, fresh)
+
+
+def step_state(state: EnvState, action: torch.Tensor, sizes: torch.Tensor, params: EnvParams) -> EnvState:
+    """Apply one action per environment (validated beforehand) and advance the step counter."""
+    aspect = image_aspect(sizes[state.slot])
+    if params.action_mode == "discrete":
+        box, aug = apply_discrete(state.box, state.aug, action, aspect, params)
+    else:
+        box, aug = apply_continuous(state.box, state.aug, action, aspect, params)
+    return replace(state, box=box, aug=aug, step=state.step + 1)
+
+
+def task_reward(task: Task, annotation: torch.Tensor, state: EnvState) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reward ``float32 [N]`` and termination ``bool [N]`` of a task after a step.
+
+    ``"none"``: zero, never terminates. ``"search"``: 1 when the target covers at least its success coverage of the
+    view, which terminates the episode. A callable gets ``annotation`` (``float32 [N, A]``) and returns rewards
+    ``[N]``; it never terminates.
+    """
+    n = annotation.shape[0]
+    never = torch.zeros(n, dtype=torch.bool, device=annotation.device)
+    if task == "none":
+        return torch.zeros(n, dtype=torch.float32, device=annotation.device), never
+    if task == "search":
+        has_target = state.target >= 0
+        reached = annotation.gather(1, state.target.clamp_min(0)[:, None]).squeeze(1) >= state.target_coverage
+        success = has_target & reached
+        return success.float(), success
+    reward = task(annotation)
+    if not isinstance(reward, torch.Tensor) or reward.shape != (n,):
+        raise ValueError(
+            f"the task callable must return a tensor of shape ({n},), got "
+            f"{tuple(reward.shape) if isinstance(reward, torch.Tensor) else type(reward).__name__}"
+        )
+    return reward.to(torch.float32), never
