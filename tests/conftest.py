@@ -30,3 +30,22 @@ def write_json(path: Path, document: object) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory) -> Path:
+    """A 24 + 8 image Shapes set at 64 px, generated once per test session."""
+    from view_env.data.shapes import write_shapes
+
+    return write_shapes(tmp_path_factory.mktemp("shapes") / "tiny", num_train=24, num_val=8, image_size=64, seed=0,
+                        workers=1, progress=False)
+
+
+def one_object_coco(root: Path, box: list[float], size: tuple[int, int] = (100, 100)) -> Path:
+    """A COCO root holding one image of ``size`` (width, height) with one 'thing' at ``box`` ([x, y, w, h])."""
+    write_image(root / "train2017" / "a.png", size)
+    write_json(root / "annotations" / "instances_train2017.json", {
+        "images": [{"id": 1, "file_name": "a.png", "width": size[0], "height": size[1]}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": box, "area": 1, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}]})
+    return root

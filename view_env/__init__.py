@@ -1,5 +1,34 @@
-"""view_env: batched, device-resident Gymnasium environments whose observations are views of images."""
+"""view_env: batched, device-resident Gymnasium environments whose observations are views of images.
+
+Importing the package registers the environments::
+
+    import gymnasium as gym
+    import view_env  # noqa: F401  (or gym.make("view_env:ViewTransform-Shapes-v0"))
+
+    env = gym.make("ViewTransform-Shapes-v0")                                   # numpy, one environment
+    envs = gym.make_vec("ViewTransform-Shapes-v0", num_envs=256, device="cpu")  # torch tensors, batched
+"""
 
 from __future__ import annotations
 
+import gymnasium as gym
+
 __version__ = "0.1.0"
+
+#: Registered ids and the data source each one reads.
+ENV_IDS: dict[str, dict[str, object]] = {
+    "ViewTransform-COCO-v0": {"dataset": "coco"},
+    "ViewTransform-Shapes-v0": {"dataset": "shapes"},
+    "ViewTransform-ImageFolder-v0": {"dataset": "images"},
+    "ViewTransform-Video-v0": {"dataset": "video", "temporal": True},
+}
+
+for _id, _kwargs in ENV_IDS.items():
+    if _id not in gym.registry:
+        gym.register(
+            id=_id,
+            entry_point="view_env.single:ViewTransformEnv",
+            vector_entry_point="view_env.vector:ViewTransformVectorEnv",
+            max_episode_steps=16,
+            kwargs=dict(_kwargs),
+        )

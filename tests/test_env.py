@@ -1,0 +1,295 @@
+"""The ViewTransform environments: spaces, autoreset modes, seeding, tasks, checkers, SB3, and bad input."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import one_object_coco, write_image
+from gymnasium.vector import AutoresetMode
+
+import view_env  # noqa: F401  (registers the ids)
+from view_env.vector import ViewTransformVectorEnv
+
+
+def make(tiny_shapes, num_envs=4, **kwargs):
+    kwargs.setdefault("progress", False)
+    return ViewTransformVectorEnv(num_envs, dataset="shapes", root=str(tiny_shapes), **kwargs)
+
+
+def test_spaces_and_outputs(tiny_shapes):
+    env = make(tiny_shapes, num_envs=5)
+    obs, info = env.reset(seed=0)
+    assert isinstance(obs, torch.Tensor) and obs.shape == (5, 3, 64, 64) and obs.dtype == torch.uint8
+    assert env.single_action_space == gym.spaces.Discrete(16)
+    assert env.observation_space.shape == (5, 3, 64, 64)
+    for key, shape in {"annotation": (5, 30), "box": (5, 4), "image_index": (5,), "aug": (5, 7)}.items():
+        assert info[key].shape == shape and info[f"_{key}"].all()
+    obs, reward, terminated, truncated, info = env.step(torch.zeros(5, dtype=torch.int64))
+    assert reward.dtype == torch.float32 and (reward == 0).all()
+    assert terminated.dtype == torch.bool and truncated.dtype == torch.bool
+
+
+def test_annotation_matches_a_hand_computed_view(tmp_path):
+    root = one_object_coco(tmp_path, [0, 0, 50, 100])  # the left half of a 100 x 100 image
+    env = ViewTransformVectorEnv(2, dataset="coco", root=str(root), init_scale=(1.0, 1.0), init_aspect=(1.0, 1.0),
+                                 progress=False)
+    _, info = env.reset(seed=0)
+    torch.testing.assert_close(info["annotation"], torch.tensor([[0.5, 0.0], [0.5, 0.0]]))
+    # Zoom in (sides / 1.25, centred): the view spans x in [0.1, 0.9]; the left half covers 0.4 / 0.8 of it.
+    _, _, _, _, info = env.step(torch.tensor([5, 5]))
+    torch.testing.assert_close(info["box"][0], torch.tensor([0.1, 0.1, 0.9, 0.9]))
+    torch.testing.assert_close(info["annotation"][:, 0], torch.tensor([0.5, 0.5]), atol=1 / 16, rtol=0)
+    # Pan left twice: x in [0.0, 0.8]: the object covers 0.5 / 0.8 of the view (to the grid's 1/16).
+    for _ in range(2):
+        _, _, _, _, info = env.step(torch.tensor([1, 1]))
+    torch.testing.assert_close(info["annotation"][:, 0], torch.tensor([0.625, 0.625]), atol=1 / 16, rtol=0)
+
+
+def test_same_step_autoreset_reports_final_observation(tiny_shapes):
+    env = make(tiny_shapes, num_envs=3, max_episode_steps=2)
+    env.reset(seed=1)
+    obs, _, _, truncated, info = env.step(torch.tensor([6, 6, 6]))
+    assert not truncated.any() and "final_obs" not in info
+    before = env.state.episode.clone()
+    obs, _, _, truncated, info = env.step(torch.tensor([5, 5, 5]))
+    assert truncated.all()
+    assert info["_final_obs"].all() and info["final_obs"].shape == obs.shape
+    assert info["final_info"]["box"].shape == (3, 4)
+    assert not torch.equal(info["final_obs"], obs), "the returned observation is the new episode's"
+    assert (env.state.episode == before + 1).all() and (env.state.step == 0).all()
+    torch.testing.assert_close(info["box"], env.state.box)
+
+
+def test_next_step_autoreset(tiny_shapes):
+    env = make(tiny_shapes, num_envs=2, max_episode_steps=2, autoreset_mode="next_step")
+    assert env.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    env.reset(seed=2)
+    env.step(torch.tensor([1, 1]))
+    obs_end, _, _, truncated, info = env.step(torch.tensor([1, 1]))
+    assert truncated.all() and "final_obs" not in info
+    obs, reward, terminated, truncated, _ = env.step(torch.tensor([2, 2]))
+    assert (reward == 0).all() and not terminated.any() and not truncated.any()
+    assert (env.state.step == 0).all(), "the action on the reset step is ignored"
+    reference = make(tiny_shapes, num_envs=2, max_episode_steps=2, autoreset_mode="next_step")
+    reference.reset(seed=2)
+    reference.reset(options={"reset_mask": np.array([True, True])})
+    # After a manual reset the episode counter moves on exactly as autoreset did.
+    torch.testing.assert_close(reference.state.box, env.state.box)
+
+
+def test_disabled_autoreset_needs_a_masked_reset(tiny_shapes):
+    env = make(tiny_shapes, num_envs=3, max_episode_steps=1, autoreset_mode=AutoresetMode.DISABLED)
+    env.reset(seed=3)
+    _, _, _, truncated, _ = env.step(torch.tensor([0, 0, 0]))
+    assert truncated.all()
+    with pytest.raises(RuntimeError, match="reset_mask"):
+        env.step(torch.tensor([0, 0, 0]))
+    mask = torch.tensor([True, False, True])
+    box_before = env.state.box.clone()
+    env.reset(options={"reset_mask": mask})
+    torch.testing.assert_close(env.state.box[1], box_before[1])
+    assert env.state.step.tolist() == [0, 1, 0]
+    with pytest.raises(RuntimeError, match=r"\[1\]"):
+        env.step(torch.tensor([0, 0, 0]))
+    env.reset(options={"reset_mask": np.array([False, True, False])})
+    env.step(torch.tensor([0, 0, 0]))
+
+
+@pytest.mark.parametrize("action_mode", ["discrete", "continuous"])
+def test_environment_i_depends_only_on_seed_and_i(tiny_shapes, action_mode):
+    small = make(tiny_shapes, num_envs=2, max_episode_steps=3, action_mode=action_mode)
+    large = make(tiny_shapes, num_envs=5, max_episode_steps=3, action_mode=action_mode)
+    g = torch.Generator().manual_seed(0)
+    obs_s, _ = small.reset(seed=11)
+    obs_l, _ = large.reset(seed=11)
+    torch.testing.assert_close(obs_s, obs_l[:2], rtol=0, atol=0)
+    for _ in range(8):  # across two autoresets
+        if action_mode == "discrete":
+            actions = torch.randint(0, small.single_action_space.n, (5,), generator=g)
+        else:
+            actions = torch.rand(5, small.single_action_space.shape[0], generator=g) * 2 - 1
+        obs_s, r_s, _, tr_s, info_s = small.step(actions[:2])
+        obs_l, r_l, _, tr_l, info_l = large.step(actions)
+        torch.testing.assert_close(obs_s, obs_l[:2], rtol=0, atol=0)
+        torch.testing.assert_close(info_s["box"], info_l["box"][:2], rtol=0, atol=0)
+        assert torch.equal(tr_s, tr_l[:2])
+    other = make(tiny_shapes, num_envs=2, max_episode_steps=3, action_mode=action_mode)
+    assert not torch.equal(other.reset(seed=12)[0], small.reset(seed=11)[0])
+
+
+def test_search_rewards_and_terminates_on_success(tmp_path):
+    big = one_object_coco(tmp_path / "big", [0, 0, 100, 100])
+    env = ViewTransformVectorEnv(2, dataset="coco", root=str(big), task="search", obs_mode="dict", progress=False)
+    obs, info = env.reset(seed=0)
+    assert obs["target"].tolist() == [[1.0, 0.0], [1.0, 0.0]] and info["target"].tolist() == [0, 0]
+    _, reward, terminated, truncated, info = env.step(torch.tensor([0, 0]))
+    assert reward.tolist() == [1.0, 1.0] and terminated.all() and not truncated.any()
+    assert info["_final_obs"].all()
+    # A target covering 0.02 of the image needs the view zoomed onto it; the initial views are not.
+    small = one_object_coco(tmp_path / "small", [0, 0, 10, 20])
+    env = ViewTransformVectorEnv(1, dataset="coco", root=str(small), task="search", obs_mode="dict",
+                                 init_scale=(1.0, 1.0), max_episode_steps=100, progress=False)
+    env.reset(seed=0)
+    _, reward, terminated, _, _ = env.step(torch.tensor([0]))
+    assert reward.item() == 0 and not terminated.item()
+    for _ in range(30):  # zoom in and pan to the top-left corner until found
+        _, reward, terminated, _, _ = env.step(torch.tensor([5]))
+        _, reward2, terminated2, _, _ = env.step(torch.tensor([1]))
+        _, reward3, terminated3, _, _ = env.step(torch.tensor([3]))
+        if (terminated | terminated2 | terminated3).item():
+            break
+    assert (reward + reward2 + reward3).item() == 1.0
+
+
+def test_callable_task(tiny_shapes):
+    env = make(tiny_shapes, num_envs=3, task=lambda annotation: annotation.sum(dim=1))
+    _, info = env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(torch.zeros(3, dtype=torch.int64))
+    torch.testing.assert_close(reward, info["annotation"].sum(dim=1))
+    assert not terminated.any()
+
+
+def test_dict_observation_and_render(tiny_shapes):
+    env = make(tiny_shapes, num_envs=2, obs_mode="dict", render_mode="rgb_array")
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"view", "box", "target"} and obs["target"].shape == (2, 30)
+    assert env.observation_space["view"].shape == (2, 3, 64, 64)
+    frames = env.render()
+    assert frames.shape == (2, 128, 128, 3) and frames.dtype == np.uint8
+    red = (frames[..., 0] == 255) & (frames[..., 1] == 32) & (frames[..., 2] == 32)
+    assert red.sum(axis=(1, 2)).min() > 100, "the view's outline is drawn"
+
+
+def test_gym_make_and_make_vec(tiny_shapes):
+    env = gym.make("ViewTransform-Shapes-v0", root=str(tiny_shapes), progress=False, render_mode="rgb_array")
+    obs, info = env.reset(seed=0)
+    assert isinstance(obs, np.ndarray) and obs.shape == (3, 64, 64) and info["annotation"].shape == (30,)
+    steps = 0
+    truncated = terminated = False
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        steps += 1
+    assert steps == 16 and truncated and isinstance(reward, float)
+    frame = env.render()
+    assert frame.ndim == 3 and frame.shape[2] == 3
+    vec = gym.make_vec("ViewTransform-Shapes-v0", num_envs=3, root=str(tiny_shapes), progress=False)
+    assert isinstance(vec.unwrapped, ViewTransformVectorEnv) and vec.unwrapped.params.max_episode_steps == 16
+    obs, _ = vec.reset(seed=0)
+    assert obs.shape == (3, 3, 64, 64)
+
+
+def test_both_env_checkers(tiny_shapes):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    for kwargs in ({}, {"action_mode": "continuous"}, {"task": "search", "obs_mode": "dict"}):
+        env = gym.make("ViewTransform-Shapes-v0", root=str(tiny_shapes), progress=False, **kwargs)
+        check_env(env.unwrapped, skip_render_check=True)
+        sb3_check_env(env.unwrapped)
+
+
+def test_temporal_action_moves_between_frames(tmp_path):
+    for k in range(5):
+        write_image(tmp_path / "clip" / f"frame_{k + 1:04d}.jpg", (32, 24), (40 * k, 0, 0))
+    env = ViewTransformVectorEnv(1, dataset="video", root=str(tmp_path), temporal=True, progress=False)
+    _, info = env.reset(seed=0)
+    nxt, prev = env.single_action_space.n - 1, env.single_action_space.n - 2
+    start = info["image_index"].item()
+    _, _, _, _, info = env.step(torch.tensor([nxt]))
+    assert info["image_index"].item() == min(start + 1, 4)
+    _, _, _, _, info = env.step(torch.tensor([prev]))
+    _, _, _, _, info = env.step(torch.tensor([prev]))
+    assert info["image_index"].item() == max(min(start + 1, 4) - 2, 0)
+
+
+@pytest.mark.parametrize(
+    ("actions", "error", "match"),
+    [
+        (torch.zeros(3, dtype=torch.int64), ValueError, r"shape \(4,\)"),
+        (torch.zeros(4, dtype=torch.float32), TypeError, "integers"),
+        (torch.tensor([0, 1, 16, 2]), ValueError, r"environments \[2\] got \[16\]"),
+        (torch.tensor([0, -1, 0, 0]), ValueError, r"\[0, 16\)"),
+        ("left", TypeError, "numpy array or torch tensor"),
+    ],
+)
+def test_bad_discrete_actions(tiny_shapes, actions, error, match):
+    env = make(tiny_shapes)
+    env.reset(seed=0)
+    with pytest.raises(error, match=match):
+        env.step(actions)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_continuous_actions(tiny_shapes, bad):
+    env = make(tiny_shapes, num_envs=2, action_mode="continuous")
+    env.reset(seed=0)
+    actions = np.zeros((2, 11), dtype=np.float32)
+    actions[1, 3] = bad
+    with pytest.raises(ValueError, match=r"environments \[1\] hold NaN or inf"):
+        env.step(actions)
+    with pytest.raises(ValueError, match=r"shape \(2, 11\)"):
+        env.step(np.zeros((2, 4), dtype=np.float32))
+    with pytest.raises(TypeError, match="floating point"):
+        env.step(np.zeros((2, 11), dtype=np.int64))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"obs_sise": 64}, TypeError, r"unknown keyword argument\(s\) \['obs_sise'\]"),
+        ({"task": "search"}, ValueError, "task='search' needs obs_mode='dict'"),
+        ({"task": "find"}, ValueError, "task='find' is invalid"),
+        ({"autoreset_mode": "sometimes"}, ValueError, "autoreset_mode='sometimes'"),
+        ({"render_mode": "human"}, ValueError, "render_mode='human'"),
+        ({"action_mode": "joystick"}, ValueError, "action_mode='joystick'"),
+        ({"temporal": True}, ValueError, "temporal=True needs a video dataset"),
+        ({"split": "val", "dataset_kwargs": {"nope": 1}}, TypeError, "nope"),
+    ],
+)
+def test_bad_keyword_arguments(tiny_shapes, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make(tiny_shapes, **kwargs)
+
+
+def test_contradictory_data_arguments(tiny_shapes):
+    env = make(tiny_shapes, num_envs=1)
+    with pytest.raises(ValueError, match=r"bank= is given, so \['root'\] would be ignored"):
+        ViewTransformVectorEnv(1, bank=env.bank, root="/somewhere")
+    with pytest.raises(ValueError, match="num_envs=0"):
+        ViewTransformVectorEnv(0, bank=env.bank)
+    with pytest.raises(TypeError, match="num_envs= is not an argument of the single environment"):
+        gym.make("ViewTransform-Shapes-v0", root=str(tiny_shapes), num_envs=4)
+    with pytest.raises(ValueError, match="reset_mask"):
+        env.reset(options={"reset_mask": np.array([1])})
+
+
+def test_sb3_vec_env_runs_ppo(tiny_shapes):
+    from stable_baselines3 import PPO
+
+    from view_env.wrappers import SB3VecEnv
+
+    venv = SB3VecEnv(make(tiny_shapes, num_envs=4, max_episode_steps=4))
+    obs = venv.reset()
+    assert obs.shape == (4, 3, 64, 64) and obs.dtype == np.uint8
+    for _ in range(4):
+        obs, rewards, dones, infos = venv.step(np.array([0, 1, 2, 3]))
+    assert dones.all() and all(info["TimeLimit.truncated"] for info in infos)
+    assert infos[0]["terminal_observation"].shape == (3, 64, 64) and infos[0]["annotation"].shape == (30,)
+    model = PPO("CnnPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu",
+                policy_kwargs={"normalize_images": True, "features_extractor_kwargs": {"features_dim": 32}})
+    model.learn(total_timesteps=64)
+    assert model.num_timesteps >= 64
+
+
+def test_sb3_vec_env_runs_dqn_on_dict_search(tiny_shapes):
+    from stable_baselines3 import DQN
+
+    from view_env.wrappers import SB3VecEnv
+
+    venv = SB3VecEnv(make(tiny_shapes, num_envs=2, task="search", obs_mode="dict", max_episode_steps=4))
+    model = DQN("MultiInputPolicy", venv, buffer_size=200, learning_starts=16, batch_size=8, seed=0, device="cpu",
+                policy_kwargs={"net_arch": [16]})
+    model.learn(total_timesteps=48)
+    assert model.num_timesteps >= 48

@@ -1,0 +1,421 @@
+"""The native vector environment: ``num_envs`` ViewTransform environments as tensors on one device.
+
+The class is a thin shell: it validates arguments and actions, keeps an :class:`~view_env.core.EnvState`, and
+calls the pure functions of :mod:`view_env.core` and the renderer of :mod:`view_env.render`. See docs/envs.md for
+the environment card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from view_env import core
+from view_env.data import ImageBank, ImageDataset, ImagePool, load_dataset
+from view_env.render import ViewAug, render_views
+
+#: Largest dataset decoded whole into a static bank; larger ones stream through an :class:`ImagePool` this big.
+DEFAULT_MAX_IMAGES = 20000
+_PARAM_NAMES = tuple(f.name for f in dataclasses.fields(core.EnvParams))
+
+
+def _as_autoreset(mode: AutoresetMode | str) -> AutoresetMode:
+    if isinstance(mode, AutoresetMode):
+        return mode
+    for member in AutoresetMode:
+        if str(mode).lower().replace("_", "") in (member.value.lower(), member.name.lower().replace("_", "")):
+            return member
+    raise ValueError(f"autoreset_mode={mode!r} is invalid: expected one of {[m.name for m in AutoresetMode]}")
+
+
+def aug_from_state(aug: torch.Tensor) -> ViewAug:
+    """The renderer's per-view parameters from the ``float32 [N, 7]`` augmentation state."""
+    flip, brightness, contrast, saturation, hue, grayscale, blur = aug.unbind(-1)
+    return ViewAug(flip=flip > 0.5, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
+                   grayscale=grayscale > 0.5, blur_sigma=blur)
+
+
+class ViewTransformVectorEnv(VectorEnv):
+    """``num_envs`` ViewTransform environments stepped as one batch on ``device`` (torch tensors in and out).
+
+    Args:
+        num_envs: Number of environments ``N``.
+        dataset: A source name (``"shapes"``, ``"coco"``, ``"images"``, ``"video"``) or an
+            :class:`~view_env.data.ImageDataset`.
+        root: Dataset root, passed to the source (``None``: its environment variable or cache).
+        split: Dataset split for COCO and Shapes.
+        bank: A ready :class:`~view_env.data.ImageBank` (then ``dataset``, ``root``, ``split`` are not used).
+        device: Where state, images and outputs live.
+        canvas_size: Side of the bank's square canvas; default ``max(128, 2 * obs_size)`` capped at 256.
+        max_images: Decode at most this many images into a static bank; a larger dataset streams through an
+            :class:`~view_env.data.ImagePool` of this capacity (default 20,000).
+        task: ``"none"``, ``"search"`` (needs ``obs_mode="dict"``) or a callable on the annotation tensor.
+        autoreset_mode: ``"same_step"`` (default), ``"next_step"`` or ``"disabled"``.
+        render_mode: ``None`` or ``"rgb_array"``.
+        temporal: Add the Video environment's temporal actions (previous/next frame).
+        dataset_kwargs: More keyword arguments for the source.
+        progress: Show progress bars while preparing data.
+        **params: Fields of :class:`~view_env.core.EnvParams` (``obs_size``, ``max_episode_steps``,
+            ``action_mode``, ``obs_mode``, ``augmentations``, ``min_scale``, ...).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4, "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        dataset: str | ImageDataset = "shapes",
+        root: str | None = None,
+        split: str | None = None,
+        bank: ImageBank | None = None,
+        device: str | torch.device = "cpu",
+        canvas_size: int | None = None,
+        max_images: int | None = None,
+        task: core.Task = "none",
+        autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
+        render_mode: str | None = None,
+        temporal: bool = False,
+        dataset_kwargs: Mapping[str, Any] | None = None,
+        progress: bool = True,
+        **params: Any,
+    ) -> None:
+        unknown = sorted(set(params) - set(_PARAM_NAMES))
+        if unknown:
+            raise TypeError(
+                f"unknown keyword argument(s) {unknown} for a ViewTransform environment; expected environment "
+                f"arguments (dataset, root, split, bank, device, canvas_size, max_images, task, autoreset_mode, "
+                f"render_mode, temporal, dataset_kwargs, progress) or EnvParams fields {list(_PARAM_NAMES)}"
+            )
+        if isinstance(params.get("augmentations"), list):
+            params["augmentations"] = tuple(params["augmentations"])
+        self.params = core.EnvParams(**params)
+        if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r} is invalid: expected an integer >= 1")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode={render_mode!r} is invalid: expected None or 'rgb_array'")
+        if not (task in ("none", "search") or callable(task)):
+            raise ValueError(f"task={task!r} is invalid: expected 'none', 'search' or a callable on the annotation")
+        if task == "search" and self.params.obs_mode != "dict":
+            raise ValueError("task='search' needs obs_mode='dict', so that the target is part of the observation; "
+                             f"got obs_mode={self.params.obs_mode!r}")
+        self.device = torch.device(device)
+        self.num_envs = num_envs
+        self.task = task
+        self.render_mode = render_mode
+        self.autoreset_mode = _as_autoreset(autoreset_mode)
+        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+        self.bank = self._make_bank(bank, dataset, root, split, canvas_size, max_images, dataset_kwargs, progress)
+        self.num_categories = self.bank.num_categories
+        if task == "search" and self.num_categories == 0:
+            raise ValueError(f"task='search' needs a dataset with object categories; {self.bank.dataset.name!r} "
+                             "has none")
+        self.temporal = temporal
+        self._neighbour_slots = self._temporal_links() if temporal else None
+
+        s = self.params.obs_size
+        view_space = gym.spaces.Box(0, 255, (3, s, s), np.uint8)
+        if self.params.obs_mode == "view":
+            self.single_observation_space = view_space
+        else:
+            self.single_observation_space = gym.spaces.Dict({
+                "view": view_space,
+                "box": gym.spaces.Box(0.0, 1.0, (4,), np.float32),
+                "target": gym.spaces.Box(0.0, 1.0, (self.num_categories,), np.float32),
+            })
+        extra = 2 if temporal else 0
+        if self.params.action_mode == "discrete":
+            self.single_action_space = gym.spaces.Discrete(self.params.num_actions + extra)
+        else:
+            self.single_action_space = gym.spaces.Box(-1.0, 1.0, (self.params.action_dim + (1 if temporal else 0),),
+                                                      np.float32)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+        self._env_ids = torch.arange(num_envs, device=self.device)
+        self._seed = int(np.random.SeedSequence().entropy % 2**63)
+        self.state = core.EnvState.empty(num_envs, self.device)
+        self._done = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+        self._all = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+
+    # ----------------------------------------------------------------------------------------------- set-up
+
+    def _make_bank(self, bank: ImageBank | None, dataset: str | ImageDataset, root: str | None, split: str | None,
+                   canvas_size: int | None, max_images: int | None, dataset_kwargs: Mapping[str, Any] | None,
+                   progress: bool) -> ImageBank:
+        if bank is not None:
+            given = {k: v for k, v in {"root": root, "split": split, "canvas_size": canvas_size,
+                                       "max_images": max_images, "dataset_kwargs": dataset_kwargs}.items()
+                     if v is not None}
+            if given:
+                raise ValueError(f"bank= is given, so {sorted(given)} would be ignored: pass either a bank or the "
+                                 "arguments to build one")
+            if bank.device != self.device:
+                raise ValueError(f"the bank lives on {bank.device} but device={self.device}; build the bank on the "
+                                 "environment's device")
+            return bank
+        if isinstance(dataset, str):
+            kwargs = dict(dataset_kwargs or {})
+            if root is not None:
+                kwargs["root"] = root
+            if split is not None:
+                if dataset not in ("shapes", "coco"):
+                    raise ValueError(f"split={split!r} is only meaningful for 'shapes' and 'coco', not {dataset!r}")
+                kwargs["split"] = split
+            if dataset == "shapes":
+                kwargs.setdefault("progress", progress)
+            source = load_dataset(dataset, **kwargs)
+        elif isinstance(dataset, ImageDataset):
+            if root is not None or split is not None or dataset_kwargs:
+                raise ValueError("dataset= is an ImageDataset already; root=, split= and dataset_kwargs= would be "
+                                 "ignored")
+            source = dataset
+        else:
+            raise TypeError(f"dataset={dataset!r} is invalid: expected a source name or an ImageDataset")
+        if canvas_size is None:
+            canvas_size = min(256, max(128, 2 * self.params.obs_size))
+        limit = DEFAULT_MAX_IMAGES if max_images is None else max_images
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_images={max_images!r} is invalid: expected an integer >= 1")
+        if len(source) > limit:
+            return ImagePool(source, limit, canvas_size=canvas_size, device=self.device, progress=progress)
+        return ImageBank.from_dataset(source, canvas_size=canvas_size, device=self.device, progress=progress)
+
+    def _temporal_links(self) -> torch.Tensor:
+        """``int64 [P, 2]``: the bank slot of each slot's previous and next frame (itself where there is none)."""
+        dataset = self.bank.dataset
+        if not hasattr(dataset, "neighbours"):
+            raise ValueError(f"temporal=True needs a video dataset with temporal neighbours; "
+                             f"{dataset.name!r} has none")
+        if isinstance(self.bank, ImagePool):
+            raise ValueError("temporal=True needs every frame resident; raise max_images above the number of frames")
+        index = self.bank.dataset_index.cpu().numpy()
+        slot_of = np.full(len(dataset), -1, dtype=np.int64)
+        slot_of[index] = np.arange(len(index))
+        links = []
+        for offset in (-1, 1):
+            neighbour = dataset.neighbours(index, offset)
+            slots = np.where(neighbour >= 0, slot_of[np.maximum(neighbour, 0)], -1)
+            links.append(np.where(slots >= 0, slots, np.arange(len(index))))
+        return torch.as_tensor(np.stack(links, axis=1), device=self.device)
+
+    # ----------------------------------------------------------------------------------------------- API
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[torch.Tensor | dict[str, torch.Tensor], dict[str, Any]]:
+        """Reset every environment, or those in ``options["reset_mask"]`` (``bool [N]``, tensor or array).
+
+        ``seed`` restarts the random streams: environment ``i``'s episodes then depend on ``(seed, i)`` only.
+        """
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
+        if options:
+            raise ValueError(f"unknown reset option(s) {sorted(options)}; the only option is 'reset_mask'")
+        if seed is not None:
+            if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+                raise TypeError(f"seed={seed!r} is invalid: expected an int or None")
+            self._seed = int(seed)
+            self.state = core.EnvState.empty(self.num_envs, self.device)
+            if mask is not None:
+                raise ValueError("pass either seed= (which resets every environment) or a reset_mask, not both")
+        if mask is None:
+            mask = self._all
+        else:
+            mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask,
+                                   device=self.device)
+            if mask.shape != (self.num_envs,) or mask.dtype != torch.bool:
+                raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},), got "
+                                 f"shape {tuple(mask.shape)} and dtype {mask.dtype}")
+        self._reset_where(mask)
+        self._done = self._done & ~mask
+        annotation = self._annotation()
+        return self._observe(), self._info(annotation)
+
+    def step(self, actions: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Step every environment; see docs/envs.md for the autoreset behaviour of each mode."""
+        action = self._check_action(actions)
+        state = self.state
+        if self.autoreset_mode == AutoresetMode.DISABLED and bool(self._done.any()):
+            ended = self._done.nonzero().flatten().tolist()
+            raise RuntimeError(f"environments {ended[:10]} have ended and autoreset_mode is DISABLED: call "
+                               "reset(options={'reset_mask': mask}) for them before stepping")
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            restarting = self._done
+        else:
+            restarting = torch.zeros_like(self._done)
+        new_state = self._transition(state, action)
+        self.state = new_state.where(restarting, state)  # restarting rows are reset just below
+        if bool(restarting.any()):
+            self._reset_where(restarting)
+        annotation = self._annotation()
+        reward, terminated = core.task_reward(self.task, annotation, self.state)
+        limit = self.params.max_episode_steps
+        truncated = (self.state.step >= limit) & ~terminated if limit is not None else torch.zeros_like(terminated)
+        reward = torch.where(restarting, 0.0, reward)
+        terminated, truncated = terminated & ~restarting, truncated & ~restarting
+        done = terminated | truncated
+        obs = self._observe()
+        info = self._info(annotation)
+        self._done = done
+        if self.autoreset_mode == AutoresetMode.SAME_STEP and bool(done.any()):
+            info["final_obs"] = obs
+            info["_final_obs"] = done
+            info["final_info"] = dict(info)
+            info["_final_info"] = done
+            del info["final_info"]["final_obs"], info["final_info"]["_final_obs"]
+            self._reset_where(done)
+            self._done = torch.zeros_like(done)
+            # Only the environments that restarted need a new observation and annotation.
+            rows = done.nonzero().flatten()
+            obs = _scatter_rows(obs, rows, self._observe(rows))
+            annotation = annotation.index_copy(0, rows, self._annotation(rows))
+            info.update(self._info(annotation))
+        return obs, reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        """With ``render_mode="rgb_array"``: ``uint8 [N, C, C, 3]`` numpy, each whole image with its view's box."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array' to the constructor")
+            return None
+        return draw_boxes(self.bank.images[self.state.slot], self.state.box).permute(0, 2, 3, 1).cpu().numpy()
+
+    def close_extras(self, **kwargs: Any) -> None:
+        if isinstance(self.bank, ImagePool):
+            self.bank.close()
+
+    # ----------------------------------------------------------------------------------------------- internals
+
+    def _transition(self, state: core.EnvState, action: torch.Tensor) -> core.EnvState:
+        if not self.temporal:
+            return core.step_state(state, action, self.bank.sizes, self.params)
+        if self.params.action_mode == "discrete":
+            base = self.params.num_actions
+            move = torch.where(action == base, -1, torch.where(action == base + 1, 1, 0))
+            spatial = torch.where(move != 0, 0, action)  # a temporal action is a no-op in space
+        else:
+            move = torch.round(action[:, -1].clamp(-1, 1)).long()  # strength < -0.5: back, > 0.5: forward
+            spatial = action[:, :-1]
+        new_state = core.step_state(state, spatial, self.bank.sizes, self.params)
+        links = self._neighbour_slots[new_state.slot]
+        slot = torch.where(move < 0, links[:, 0], torch.where(move > 0, links[:, 1], new_state.slot))
+        return replace(new_state, slot=slot)
+
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        if isinstance(self.bank, ImagePool):
+            busy = torch.zeros(len(self.bank), dtype=torch.bool, device=self.device)
+            busy[self.state.slot[~mask]] = True
+            self.bank.refresh(busy=busy)
+        self.state = core.reset_state(self.state, mask, self._seed, self._env_ids, len(self.bank), self.bank.sizes,
+                                      self.bank.labels, self.bank.boxes, self.params, self.task == "search")
+
+    def _check_action(self, actions: Any) -> torch.Tensor:
+        n = self.num_envs
+        if isinstance(actions, (list, tuple)):
+            actions = np.asarray(actions)
+        if not isinstance(actions, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"actions must be a numpy array or torch tensor, got {type(actions).__name__}")
+        tensor = actions if isinstance(actions, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(actions))
+        if isinstance(self.single_action_space, gym.spaces.Discrete):
+            k = int(self.single_action_space.n)
+            if tensor.shape != (n,):
+                raise ValueError(f"discrete actions must have shape ({n},) for num_envs={n}, got {tuple(tensor.shape)}")
+            if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.is_complex():
+                raise TypeError(f"discrete actions must be integers in [0, {k}), got dtype {tensor.dtype}")
+            tensor = tensor.to(self.device, torch.int64)
+            bad = (tensor < 0) | (tensor >= k)
+            if bool(bad.any()):
+                where = bad.nonzero().flatten()[:5].tolist()
+                raise ValueError(f"discrete actions must lie in [0, {k}); environments {where} got "
+                                 f"{tensor[bad][:5].tolist()}")
+            return tensor
+        d = self.single_action_space.shape[0]
+        if tensor.shape != (n, d):
+            raise ValueError(f"continuous actions must have shape ({n}, {d}) for num_envs={n}, got "
+                             f"{tuple(tensor.shape)}")
+        if not tensor.dtype.is_floating_point:
+            raise TypeError(f"continuous actions must be floating point in [-1, 1], got dtype {tensor.dtype}")
+        tensor = tensor.to(self.device, torch.float32)
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            where = (~finite).any(dim=1).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"continuous actions must be finite; environments {where} hold NaN or inf: "
+                             f"{tensor[where].tolist()}")
+        return tensor
+
+    def _annotation(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``float32 [N, A]`` coverage annotations, or those of the environments in ``rows`` only."""
+        slot, box = self.state.slot, self.state.box
+        if rows is not None:
+            slot, box = slot[rows], box[rows]
+        return core.coverage(box, self.bank.boxes[slot], self.bank.labels[slot], self.num_categories,
+                             self.params.coverage_grid)
+
+    def _observe(self, rows: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The observations of every environment, or of the environments in ``rows`` only."""
+        slot, box, aug, target = self.state.slot, self.state.box, self.state.aug, self.state.target
+        if rows is not None:
+            slot, box, aug, target = slot[rows], box[rows], aug[rows], target[rows]
+        view = render_views(self.bank.images, slot, box, self.params.obs_size, aug_from_state(aug))
+        if self.params.obs_mode == "view":
+            return view
+        onehot = torch.zeros((len(slot), self.num_categories), dtype=torch.float32, device=self.device)
+        if self.num_categories:
+            onehot.scatter_(1, target.clamp_min(0)[:, None], (target >= 0).float()[:, None])
+        return {"view": view, "box": box.clone(), "target": onehot}
+
+    def _info(self, annotation: torch.Tensor) -> dict[str, Any]:
+        info = {
+            "annotation": annotation,
+            "box": self.state.box.clone(),
+            "image_index": self.bank.dataset_index[self.state.slot],
+            "aug": self.state.aug.clone(),
+        }
+        if self.task == "search":
+            info["target"] = self.state.target.clone()
+        info.update({f"_{key}": self._all for key in list(info)})
+        return info
+
+
+def _scatter_rows(full: Any, rows: torch.Tensor, part: Any) -> Any:
+    """A copy of observation ``full`` (tensor or dict of tensors, ``[N, ...]``) with ``rows`` replaced by ``part``."""
+    if isinstance(full, dict):
+        return {k: _scatter_rows(full[k], rows, part[k]) for k in full}
+    return full.index_copy(0, rows, part)
+
+
+def draw_boxes(images: torch.Tensor, boxes: torch.Tensor, colour: tuple[int, int, int] = (255, 32, 32),
+               thickness: int = 2) -> torch.Tensor:
+    """Draw each box's outline on its image.
+
+    Args:
+        images: ``uint8 [N, 3, H, W]``.
+        boxes: ``float32 [N, 4]`` normalised ``(x0, y0, x1, y1)``.
+
+    Returns:
+        ``uint8 [N, 3, H, W]``, a new tensor.
+    """
+    n, _, height, width = images.shape
+    xs = torch.arange(width, device=images.device)[None, :]
+    ys = torch.arange(height, device=images.device)[None, :]
+    x0 = (boxes[:, 0:1] * width).floor()
+    x1 = (boxes[:, 2:3] * width).ceil() - 1
+    y0 = (boxes[:, 1:2] * height).floor()
+    y1 = (boxes[:, 3:4] * height).ceil() - 1
+    in_x = (xs >= x0) & (xs <= x1)  # (N, W)
+    in_y = (ys >= y0) & (ys <= y1)  # (N, H)
+    edge_x = in_x & ((xs - x0 < thickness) | (x1 - xs < thickness))
+    edge_y = in_y & ((ys - y0 < thickness) | (y1 - ys < thickness))
+    outline = (edge_y[:, :, None] & in_x[:, None, :]) | (in_y[:, :, None] & edge_x[:, None, :])  # (N, H, W)
+    paint = torch.tensor(colour, dtype=torch.uint8, device=images.device).view(1, 3, 1, 1)
+    return torch.where(outline[:, None], paint, images)
+
+
+SearchTask = Callable[[torch.Tensor], torch.Tensor]
