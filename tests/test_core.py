@@ -142,3 +142,33 @@ def test_rng_depends_only_on_its_coordinates():
 def test_bad_params_name_the_value(field, value):
     with pytest.raises(ValueError, match=field):
         core.EnvParams(**{field: value})
+
+
+def _coverage_reference(view, boxes, labels, num_categories, grid):
+    """A plain Python loop over environments, grid points and boxes."""
+    out = torch.zeros(len(view), num_categories)
+    for n in range(len(view)):
+        x0, y0, x1, y1 = view[n].tolist()
+        for j in range(grid):
+            for i in range(grid):
+                x = x0 + (i + 0.5) / grid * (x1 - x0)
+                y = y0 + (j + 0.5) / grid * (y1 - y0)
+                hit = set()
+                for (bx0, by0, bx1, by1), label in zip(boxes[n].tolist(), labels[n].tolist(), strict=True):
+                    if label >= 0 and bx0 <= x < bx1 and by0 <= y < by1:
+                        hit.add(label)
+                for label in hit:
+                    out[n, label] += 1 / grid**2
+    return out
+
+
+def test_coverage_matches_a_python_loop_on_random_scenes():
+    g = torch.Generator().manual_seed(1)
+    n, m, a = 6, 7, 4
+    corners = torch.rand(n, m, 2, 2, generator=g)
+    boxes = torch.cat([corners.amin(2), corners.amax(2)], dim=-1)
+    labels = torch.randint(-1, a, (n, m), generator=g)
+    start = torch.rand(n, 2, generator=g) * 0.5
+    view = torch.cat([start, start + 0.2 + torch.rand(n, 2, generator=g) * 0.3], dim=1)
+    got = core.coverage(view, boxes, labels, a, grid=8)
+    torch.testing.assert_close(got, _coverage_reference(view, boxes, labels, a, 8), atol=1e-5, rtol=0)

@@ -321,19 +321,25 @@ def coverage(view: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, num_
     Returns:
         ``float32 [N, A]`` in ``[0, 1]``.
     """
-    n = view.shape[0]
-    if num_categories == 0 or boxes.shape[1] == 0:
+    n, m = labels.shape
+    if num_categories == 0 or m == 0:
         return torch.zeros((n, num_categories), dtype=torch.float32, device=view.device)
     t = (torch.arange(grid, device=view.device, dtype=torch.float32) + 0.5) / grid  # (G,)
     xs = view[:, 0:1] + t * (view[:, 2:3] - view[:, 0:1])  # (N, G)
     ys = view[:, 1:2] + t * (view[:, 3:4] - view[:, 1:2])  # (N, G)
-    in_x = (xs[:, :, None] >= boxes[:, None, :, 0]) & (xs[:, :, None] < boxes[:, None, :, 2])  # (N, G, M)
-    in_y = (ys[:, :, None] >= boxes[:, None, :, 1]) & (ys[:, :, None] < boxes[:, None, :, 3])  # (N, G, M)
-    onehot = torch.nn.functional.one_hot(labels.clamp_min(0), num_categories).float()
-    onehot = onehot * (labels >= 0).unsqueeze(-1)  # (N, M, A): padding belongs to no category
-    inside = (in_y[:, :, None, :] & in_x[:, None, :, :]).reshape(n, grid * grid, boxes.shape[1]).float()  # (N, G², M)
-    covered = torch.bmm(inside, onehot) > 0  # (N, G*G, A)
-    return covered.float().mean(dim=1)
+    in_x = (xs[:, None, :] >= boxes[:, :, 0:1]) & (xs[:, None, :] < boxes[:, :, 2:3])  # (N, M, G)
+    in_y = (ys[:, None, :] >= boxes[:, :, 1:2]) & (ys[:, None, :] < boxes[:, :, 3:4])  # (N, M, G)
+    inside = (in_y[:, :, :, None] & in_x[:, :, None, :]).view(n, m, grid * grid).to(torch.uint8)  # (N, M, G²)
+    # The boxes of one category are OR-ed into the row of that category's first box: a union over at most M rows,
+    # much cheaper than a dense (N, G², A) table when an image holds few of the A categories.
+    same = labels[:, :, None] == labels[:, None, :]  # (N, M, M)
+    first = same.to(torch.uint8).argmax(dim=2)  # (N, M); argmax returns the first maximal index
+    union = torch.zeros_like(inside).scatter_reduce_(1, first[:, :, None].expand(-1, -1, grid * grid), inside, "amax")
+    area = union.sum(-1, dtype=torch.int32).float() / grid**2  # (N, M): non-zero only in first rows
+    column = torch.where(labels >= 0, labels, num_categories)  # padding goes to a discarded extra column
+    out = torch.zeros((n, num_categories + 1), dtype=torch.float32, device=view.device)
+    out.scatter_reduce_(1, column, area, "amax")
+    return out[:, :num_categories]
 
 
 def draw_targets(uniforms: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
