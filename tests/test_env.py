@@ -293,3 +293,30 @@ def test_sb3_vec_env_runs_dqn_on_dict_search(tiny_shapes):
                 policy_kwargs={"net_arch": [16]})
     model.learn(total_timesteps=48)
     assert model.num_timesteps >= 48
+
+
+def test_single_env_render_is_letterboxed_to_a_constant_frame(tmp_path):
+    root = one_object_coco(tmp_path, [0, 0, 50, 25], size=(200, 100))
+    env = gym.make("ViewTransform-COCO-v0", root=str(root), render_mode="rgb_array", progress=False)
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.shape == (128, 128, 3) and frame.dtype == np.uint8
+    assert (frame[:30] == 0).all() and (frame[-30:] == 0).all(), "a 2:1 image leaves black bands above and below"
+    assert (frame[40:88] != 0).any()
+
+
+def test_large_datasets_stream_through_a_pool(tiny_shapes):
+    from view_env.data import ImagePool
+
+    env = make(tiny_shapes, num_envs=3, max_images=8, max_episode_steps=2)
+    assert isinstance(env.bank, ImagePool) and len(env.bank) == 8
+    env.reset(seed=0)
+    seen = set()
+    for _ in range(40):
+        _, _, _, _, info = env.step(torch.zeros(3, dtype=torch.int64))
+        seen.update(info["image_index"].tolist())
+        # The annotation always describes the image the environment views.
+        slot = env.state.slot
+        assert torch.equal(env.bank.dataset_index[slot], info["image_index"])
+    env.close()
+    assert not env.bank._thread.is_alive()

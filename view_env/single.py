@@ -71,20 +71,24 @@ class ViewTransformEnv(gym.Env):
         return _numpy(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]), self._info(info)
 
     def render(self) -> np.ndarray | None:
-        """With ``render_mode="rgb_array"``: ``uint8 [H, W, 3]``, the whole image at its true aspect ratio (longer
-        side = canvas size) with the current view's box drawn in red."""
+        """With ``render_mode="rgb_array"``: ``uint8 [C, C, 3]`` (``C`` the canvas size): the whole image at its true
+        aspect ratio, letterboxed in black to a constant square frame (as video recorders need), with the current
+        view's box drawn in red."""
         if self.render_mode is None:
             gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array' to gym.make")
             return None
         bank, state = self.vector.bank, self.vector.state
-        frame = draw_boxes(bank.images[state.slot], state.box).float()
+        frame = draw_boxes(bank.images[state.slot], state.box).float()  # (1, 3, C, C)
         height, width = bank.sizes[state.slot[0]].tolist()
         side = bank.canvas_size
-        size = (side, max(1, round(side * width / height))) if height >= width else (
+        h, w = (side, max(1, round(side * width / height))) if height >= width else (
             max(1, round(side * height / width)), side)
-        frame = torch.nn.functional.interpolate(frame, size=size, mode="bilinear", antialias=True,
+        frame = torch.nn.functional.interpolate(frame, size=(h, w), mode="bilinear", antialias=True,
                                                 align_corners=False)
-        return frame[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        out = torch.zeros((side, side, 3), dtype=torch.uint8)
+        top, left = (side - h) // 2, (side - w) // 2
+        out[top : top + h, left : left + w] = frame[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
+        return out.numpy()
 
     def close(self) -> None:
         self.vector.close()
