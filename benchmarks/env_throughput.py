@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--obs-sizes", type=int, nargs="+", default=[64, 224])
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     parser.add_argument("--images", type=int, default=2000, help="images in the bank (from the default Shapes set)")
+    parser.add_argument("--shapes-root", default=None, help="a Shapes set to read (default: the cached default set)")
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum time per measurement")
     parser.add_argument("--max-async", type=int, default=256, help="largest num_envs run under AsyncVectorEnv")
     parser.add_argument("--quick", action="store_true", help="1, 16 and 256 environments at 64 px, 0.5 s each")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--num-envs, --images and --seconds must be positive")
 
     started = time.perf_counter()
-    dataset = ShapesDataset()
+    dataset = ShapesDataset(args.shapes_root)
     indices = range(min(args.images, len(dataset)))
     rows = []
     print(f"| obs | num_envs | view_env ({' / '.join(devices)}) | sync PIL | async PIL | copy ceiling | vs sync | "
