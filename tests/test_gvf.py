@@ -1,0 +1,97 @@
+"""The TD target against a plain Python loop, the one-step reduction, the losses and the EMA target network."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from agents import gvf
+
+
+def _distributions(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(*shape, generator=g) * 2, dim=-1)
+
+
+def _td_reference(p_next, q_next, gamma, backup):
+    """y(l) = (1 - gamma) p(l | x') + gamma B_k Q(l | x', a'_k), one number at a time."""
+    batch, actions, annotations = q_next.shape
+    y = torch.zeros(batch, annotations)
+    for b in range(batch):
+        boot = []
+        for l_ in range(annotations):
+            values = [q_next[b, k, l_].item() for k in range(actions)]
+            boot.append(max(values) if backup == "max" else sum(values) / actions)
+        if backup == "max":
+            total = sum(boot)
+            boot = [v / total for v in boot]
+        for l_ in range(annotations):
+            y[b, l_] = (1 - gamma) * p_next[b, l_].item() + gamma * boot[l_]
+    return y
+
+
+@pytest.mark.parametrize("backup", ["max", "mean"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.9])
+def test_td_target_matches_python_loop(backup, gamma):
+    p_next = _distributions(5, 7, seed=1)
+    q_next = _distributions(5, 4, 7, seed=2)
+    y = gvf.td_target(p_next, q_next, gamma, backup)
+    torch.testing.assert_close(y, _td_reference(p_next, q_next, gamma, backup))
+    torch.testing.assert_close(y.sum(-1), torch.ones(5))
+
+
+def test_gamma_zero_is_the_one_step_target():
+    p_next = _distributions(3, 6, seed=3)
+    q_next = _distributions(3, 8, 6, seed=4)
+    for backup in gvf.BACKUPS:
+        torch.testing.assert_close(gvf.td_target(p_next, q_next, 0.0, backup), p_next)
+
+
+def test_td_target_has_no_gradient_and_checks_arguments():
+    p_next = _distributions(2, 3).requires_grad_()
+    q_next = _distributions(2, 4, 3)
+    assert not gvf.td_target(p_next, q_next, 0.5).requires_grad
+    with pytest.raises(ValueError, match="gamma=1.0"):
+        gvf.td_target(p_next, q_next, 1.0)
+    with pytest.raises(ValueError, match="backup='softmax'"):
+        gvf.td_target(p_next, q_next, 0.5, "softmax")
+    with pytest.raises(ValueError, match=r"\[B, K, L\]"):
+        gvf.td_target(p_next, q_next[:, :, :2], 0.5)
+
+
+def test_bootstrap_loss_is_cross_entropy():
+    logits = torch.randn(4, 5)
+    target = _distributions(4, 5)
+    expected = -sum((target[i] * torch.log_softmax(logits[i], -1)).sum() for i in range(4)) / 4
+    torch.testing.assert_close(gvf.bootstrap_loss(logits, target), expected)
+    # Minimised when Q equals the target.
+    at_target = gvf.bootstrap_loss(target.log(), target)
+    assert at_target < gvf.bootstrap_loss(logits, target)
+
+
+def test_ema_update():
+    online = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    target = copy.deepcopy(online)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(1.0)
+        online[1].running_mean.fill_(5.0)
+    before = [p.clone() for p in target.parameters()]
+    gvf.ema_update(target, online, 0.9)
+    for old, new, live in zip(before, target.parameters(), online.parameters(), strict=True):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * live)
+    assert (target[1].running_mean == 5.0).all()
+    gvf.ema_update(target, online, 0.0)
+    for new, live in zip(target.parameters(), online.parameters(), strict=True):
+        torch.testing.assert_close(new, live)
+    with pytest.raises(ValueError, match="momentum=1.5"):
+        gvf.ema_update(target, online, 1.5)
+
+
+def test_ema_momentum_schedule():
+    assert gvf.ema_momentum(0, 100) == pytest.approx(0.996)
+    assert gvf.ema_momentum(100, 100) == pytest.approx(1.0)
+    assert gvf.ema_momentum(50, 100) == pytest.approx(0.998)
+    assert gvf.ema_momentum(200, 100) == pytest.approx(1.0)
