@@ -1,0 +1,231 @@
+"""The pretrainer's typed configuration, its command line, and the presets.
+
+Every field of :class:`PretrainConfig` is a command-line flag of ``python -m agents.pretrain`` (``gamma`` ->
+``--gamma``, ``total_steps`` -> ``--total-steps``); ``--preset NAME`` starts from a preset and later flags override
+it. A preset's docstring gives the command and the probe result it should reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.gvf import BACKUPS
+from agents.sources import SOURCES
+
+ENV_NAMES = ("shapes", "coco", "images", "video")
+
+
+@dataclass
+class PretrainConfig:
+    """Configuration of one pretraining run.
+
+    Attributes:
+        env: The view_env data source (``shapes``, ``coco``, ``images``, ``video``).
+        root: Dataset root (default: the source's environment variable or cache).
+        split: Split to pretrain on (``shapes`` and ``coco``); probes use ``val``.
+        annotations: Annotation source: ``views`` (SimCLR), ``prototypes`` (DINO), ``captions`` (CLIP) or
+            ``labels`` (the environment's annotation vector).
+        encoder: ``vit_tiny``, ``vit_small`` or ``resnet18``.
+        encoder_depth: Override of the ViT depth (blocks); ``None`` keeps the preset's.
+        encoder_dim: Override of the ViT width; ``None`` keeps the preset's.
+        patch_size: ViT patch size; ``None`` fits it to the view size.
+        obs_size: Side of the views in pixels.
+        embed_dim: Width ``d`` of ``phi``, ``psi`` and the value features.
+        gamma: Discount of the TD target; 0 is the one-step preprint variant.
+        backup: ``max`` (optimal GVF, as in the paper) or ``mean`` (GVF of the uniform policy).
+        bootstrap_weight: ``lambda``, the weight of the bootstrapping loss; 0 gives the base method.
+        num_next_actions: ``K``, next actions drawn per transition for the backup.
+        action_tokens: Give the value head the action; ``False`` is the "action tokens removed" ablation.
+        action_bins: Bins per relative-box coordinate.
+        value_depth: Transformer decoder layers of the value head.
+        ema_momentum: Initial EMA momentum of the target network (annealed to 1 by a cosine).
+        num_prototypes: Prototypes of the ``prototypes`` source.
+        total_steps: Optimiser steps.
+        batch_size: Transitions per step (per process).
+        lr: Peak AdamW learning rate (cosine schedule after a linear warm-up).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps.
+        num_transitions: Transitions collected into the replay buffer before training (per process).
+        num_envs: Environments collecting them.
+        max_episode_steps: Episode length of the collecting environments (views of one image per episode).
+        augmentations: Augmentation actions of the collecting environments (comma-separated on the command line).
+        max_pan: Largest pan of one continuous action, in view widths.
+        data: A directory of transition shards written by ``python -m agents.collect`` to train from instead of
+            collecting.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: Seed of data collection, initialisation and batches.
+        out: Output directory (checkpoints, probe results).
+        resume: Continue from ``<out>/checkpoint.pt``.
+        checkpoint_every: Steps between checkpoints.
+        probe: Run the probes (pretrained and random-init encoder) at the end.
+        probe_train_images: Train-split images used to fit the probes.
+        num_workers: Data-loading threads (0: main thread).
+        bf16: bf16 autocast on CUDA (ignored on CPU).
+        progress: Show progress bars.
+    """
+
+    env: str = "shapes"
+    root: str | None = None
+    split: str = "train"
+    annotations: str = "labels"
+    encoder: str = "vit_tiny"
+    encoder_depth: int | None = 4
+    encoder_dim: int | None = None
+    patch_size: int | None = None
+    obs_size: int = 64
+    embed_dim: int = 128
+    gamma: float = 0.5
+    backup: str = "max"
+    bootstrap_weight: float = 1.0
+    num_next_actions: int = 8
+    action_tokens: bool = True
+    action_bins: int = 16
+    value_depth: int = 2
+    ema_momentum: float = 0.996
+    num_prototypes: int = 256
+    total_steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    num_transitions: int = 16384
+    num_envs: int = 64
+    max_episode_steps: int = 16
+    augmentations: tuple[str, ...] = ("flip",)
+    max_pan: float = 0.5
+    data: str | None = None
+    device: str = "cpu"
+    seed: int = 0
+    out: str = "runs/default"
+    resume: bool = False
+    checkpoint_every: int = 100
+    probe: bool = True
+    probe_train_images: int = 2000
+    num_workers: int = 0
+    bf16: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is invalid: expected {expected}")
+
+        if isinstance(self.augmentations, str):
+            self.augmentations = tuple(a for a in self.augmentations.split(",") if a)
+        self.augmentations = tuple(self.augmentations)
+        need(self.env in ENV_NAMES, "env", f"one of {ENV_NAMES}")
+        need(self.annotations in SOURCES, "annotations", f"one of {SOURCES}")
+        need(0.0 <= self.gamma < 1.0, "gamma", "a discount in [0, 1)")
+        need(self.backup in BACKUPS, "backup", f"one of {BACKUPS}")
+        need(self.bootstrap_weight >= 0, "bootstrap_weight", ">= 0")
+        for name in ("obs_size", "embed_dim", "num_next_actions", "action_bins", "total_steps", "batch_size",
+                     "num_transitions", "num_envs", "max_episode_steps", "checkpoint_every", "num_prototypes",
+                     "value_depth"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
+        need(self.batch_size >= 2, "batch_size", "at least 2 (the annotations are the batch)")
+        need(self.num_transitions >= self.batch_size, "num_transitions", f">= batch_size ({self.batch_size})")
+        need(0.0 <= self.ema_momentum <= 1.0, "ema_momentum", "a value in [0, 1]")
+        need(self.lr > 0 and self.weight_decay >= 0 and self.warmup_steps >= 0, "lr", "lr > 0, weight decay and "
+             "warm-up >= 0")
+        need(self.probe_train_images >= 1 and self.num_workers >= 0, "probe_train_images", ">= 1")
+
+
+def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    """argparse type and extra options for a dataclass field's annotation."""
+    text = str(annotation)
+    if text == "bool":
+        return None, {"action": argparse.BooleanOptionalAction}
+    if text.startswith("tuple"):
+        return str, {}
+    if "int" in text and "None" in text:
+        return lambda v: None if v.lower() == "none" else int(v), {}
+    if "str" in text and "None" in text:
+        return lambda v: None if v.lower() == "none" else v, {}
+    return {"int": int, "float": float, "str": str}[text], {}
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """A parser with one flag per :class:`PretrainConfig` field, plus ``--preset``."""
+    parser = argparse.ArgumentParser(prog="python -m agents.pretrain", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="start from a preset (see agents/config.py); later flags override it")
+    docs = _field_docs()
+    hints = typing.get_type_hints(PretrainConfig)
+    for f in dataclasses.fields(PretrainConfig):
+        kind, extra = _flag_type(hints[f.name] if not isinstance(f.type, str) else f.type)
+        kwargs: dict[str, Any] = {"default": None, "help": docs.get(f.name, "")}
+        if kind is not None:
+            kwargs["type"] = kind
+        kwargs.update(extra)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, **kwargs)
+    return parser
+
+
+def _field_docs() -> dict[str, str]:
+    docs, current = {}, None
+    for line in (PretrainConfig.__doc__ or "").splitlines():
+        stripped = line.strip()
+        head, sep, rest = stripped.partition(": ")
+        if sep and head.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 12):
+            current = head
+            docs[current] = rest
+        elif current and stripped:
+            docs[current] += " " + stripped
+    return docs
+
+
+def parse_config(argv: Sequence[str] | None = None) -> PretrainConfig:
+    """Parse command-line flags into a :class:`PretrainConfig` (preset first, then explicit flags)."""
+    parser = build_parser(__doc__)
+    args = parser.parse_args(argv)
+    values = dict(PRESETS[args.preset].overrides) if args.preset else {}
+    values.update({k: v for k, v in vars(args).items() if k != "preset" and v is not None})
+    try:
+        return PretrainConfig(**values)
+    except ValueError as error:
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration; the docstring says what to run and what it reaches."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "shapes-labels-cpu": Preset(
+        {},
+        "The default (`make run`): the labels GVF on Shapes, a 4-block ViT-tiny at 64 px, 600 steps on CPU.\n"
+        "Command: python -m agents.pretrain --preset shapes-labels-cpu\n"
+        "Reaches: see docs/gvf.md, preset table (measured with this command).",
+    ),
+    "shapes-views-cpu": Preset(
+        {"annotations": "views"},
+        "AB-SimCLR on Shapes at the CPU scale. Command: python -m agents.pretrain --preset shapes-views-cpu",
+    ),
+    "shapes-prototypes-cpu": Preset(
+        {"annotations": "prototypes"},
+        "AB-DINO on Shapes at the CPU scale. Command: python -m agents.pretrain --preset shapes-prototypes-cpu",
+    ),
+    "shapes-captions-cpu": Preset(
+        {"annotations": "captions"},
+        "AB-CLIP on Shapes at the CPU scale. Command: python -m agents.pretrain --preset shapes-captions-cpu",
+    ),
+    "coco-views-gpu": Preset(
+        {"env": "coco", "annotations": "views", "encoder": "vit_small", "encoder_depth": None, "obs_size": 96,
+         "batch_size": 256, "total_steps": 50000, "num_transitions": 200000, "num_envs": 1024, "device": "cuda",
+         "lr": 5e-4},
+        "AB-SimCLR on COCO with a ViT-S at 96 px on one GPU (the paper's setting at reduced resolution).\n"
+        "Command: python -m agents.pretrain --preset coco-views-gpu --root /data/coco\n"
+        "Reaches: not measured yet (no GPU was available to the session that wrote it).",
+    ),
+}

@@ -1,0 +1,234 @@
+"""Annotation sources: what the value function predicts, each with the base method's loss.
+
+Every source defines, for a batch, the annotations ``l_1 .. l_L`` and two embeddings of them, ``psi(l)`` (scored
+against the view features ``phi(x)`` for ``p(l | x)`` and the base loss) and ``psi_AB(l)`` (scored against the value
+features ``phi_AB(x, a)`` for ``Q(l | x, a)``), plus the target distribution ``p_target(l | x')`` that the TD target
+mixes in. With the bootstrapping weight at 0, training a source alone is its base method.
+
+=============  ===============================  ===========================================================
+source         annotations of a batch            base loss
+=============  ===============================  ===========================================================
+``views``      an independent view of each       SimCLR-style InfoNCE between ``phi(x)`` and ``psi(anchor)``;
+               sample's image (the anchor)       views of the same image are all positives
+``prototypes`` ``K`` learned prototypes          DINO-style: the student ``softmax(phi(x) . psi / 0.1)``
+                                                 matches the teacher's centred, sharpened
+                                                 ``softmax((phi_t(anchor) . psi_t - c) / 0.04)``
+``captions``   one caption of each sample's      CLIP-style InfoNCE between ``phi(x)`` and a text tower
+               image                             trained from scratch; captions of the same image positives
+``labels``     the ``A`` categories and          cross-entropy between ``p(. | x)`` and the environment's
+               background                        annotation vector of ``x``, normalised to a distribution
+=============  ===============================  ===========================================================
+
+For ``labels``, ``p_target(l | x')`` is the environment's annotation of ``x'`` itself (the true cumulant); for the
+others it is the target network's own ``p(l | x')``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents.models import CaptionTokenizer, ProjectionHead, Temperature, TextTransformer
+
+SOURCES = ("views", "prototypes", "captions", "labels")
+
+
+@dataclass
+class Encoded:
+    """What a network computed for one batch, shared by the source's functions.
+
+    Attributes:
+        phi: ``float32 [B, d]`` normalised view features ``phi(x)`` (or of ``x'`` for the target network).
+        anchor: ``float32 [B, D]`` pooled encoder features of the anchor views, when the source uses them.
+        anchor_phi: ``float32 [B, d]`` their normalised view features ``phi(anchor)``.
+        captions: ``int64 [B, T]`` caption tokens, when the source uses them.
+        same_image: ``bool [B, B]`` whether samples ``i`` and ``j`` show the same image.
+        annotation: ``float32 [B, A + 1]`` label distribution of the views, for ``labels``.
+    """
+
+    phi: torch.Tensor
+    anchor: torch.Tensor | None = None
+    anchor_phi: torch.Tensor | None = None
+    captions: torch.Tensor | None = None
+    same_image: torch.Tensor | None = None
+    annotation: torch.Tensor | None = None
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``-sum_l target(l) log softmax(logits)(l)``, averaged over rows: the base losses' building block."""
+    return -(target * torch.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def label_distribution(annotation: torch.Tensor) -> torch.Tensor:
+    """``float32 [B, A + 1]``: coverages with a background entry ``max(0, 1 - sum)``, normalised to sum to 1.
+
+    Args:
+        annotation: ``float32 [B, A]`` the environment's coverage of each category (overlaps may sum above 1).
+    """
+    background = (1.0 - annotation.sum(dim=-1, keepdim=True)).clamp_min(0.0)
+    full = torch.cat([annotation, background], dim=-1)
+    return full / full.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _positives(same_image: torch.Tensor) -> torch.Tensor:
+    """Rows of ``bool [B, B]`` turned into target distributions over the positives."""
+    weights = same_image.float()
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
+class AnnotationSource(nn.Module):
+    """Base class: subclasses set :attr:`name`, the flags, and implement the four methods."""
+
+    name = "source"
+    #: The source needs the anchor views encoded (``Encoded.anchor``).
+    uses_anchor = False
+    #: The source needs caption tokens (``Encoded.captions``).
+    uses_captions = False
+
+    def psi(self, enc: Encoded) -> torch.Tensor:
+        """``float32 [L, d]`` annotation embeddings scored against ``phi``."""
+        raise NotImplementedError
+
+    def psi_ab(self, enc: Encoded) -> torch.Tensor:
+        """``float32 [L, d]`` annotation embeddings scored against ``phi_AB``."""
+        raise NotImplementedError
+
+    def logits(self, features: torch.Tensor, psi: torch.Tensor, value: bool = False) -> torch.Tensor:
+        """``float32 [..., L]``: ``t * features . psi`` for ``features [..., d]``."""
+        temperature = self.value_temperature() if value else self.temperature()
+        return temperature * features @ psi.T
+
+    def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
+        """The base method's loss on the batch (``target`` holds the target network's encodings of the same views)."""
+        raise NotImplementedError
+
+    def target_distribution(self, next_target: Encoded, psi: torch.Tensor) -> torch.Tensor:
+        """``p_target(. | x')`` as ``float32 [B, L]``, from the target network's encodings of the next views."""
+        return torch.softmax(self.logits(next_target.phi, psi), dim=-1)
+
+
+class ViewSource(AnnotationSource):
+    """Other views as annotations (AB-SimCLR). ``psi`` is the view projection itself, as SimCLR's two branches share
+    theirs; ``psi_AB`` is a head of its own on the anchor's encoder features."""
+
+    name = "views"
+    uses_anchor = True
+
+    def __init__(self, encoder_dim: int, dim: int) -> None:
+        super().__init__()
+        self.psi_ab_head = ProjectionHead(encoder_dim, dim)
+        self.temperature = Temperature()
+        self.value_temperature = Temperature()
+
+    def psi(self, enc: Encoded) -> torch.Tensor:
+        return enc.anchor_phi
+
+    def psi_ab(self, enc: Encoded) -> torch.Tensor:
+        return self.psi_ab_head(enc.anchor)
+
+    def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
+        logits = self.logits(online.phi, self.psi(online))  # (B, B): views against anchors
+        positives = _positives(online.same_image)
+        return (soft_cross_entropy(logits, positives) + soft_cross_entropy(logits.T, positives)) / 2
+
+
+class PrototypeSource(AnnotationSource):
+    """Learned prototypes as annotations (AB-DINO): a student/teacher pair with centring and sharpening."""
+
+    name = "prototypes"
+    uses_anchor = True
+
+    def __init__(self, encoder_dim: int, dim: int, num_prototypes: int = 256, student_temperature: float = 0.1,
+                 teacher_temperature: float = 0.04, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.prototypes = nn.utils.parametrizations.weight_norm(nn.Linear(dim, num_prototypes, bias=False))
+        self.prototypes_ab = nn.utils.parametrizations.weight_norm(nn.Linear(dim, num_prototypes, bias=False))
+        self.student_temperature = student_temperature
+        self.teacher_temperature = teacher_temperature
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(num_prototypes))
+
+    def _weights(self, layer: nn.Linear) -> torch.Tensor:
+        return F.normalize(layer.weight, dim=-1)  # (K, d)
+
+    def psi(self, enc: Encoded) -> torch.Tensor:
+        return self._weights(self.prototypes)
+
+    def psi_ab(self, enc: Encoded) -> torch.Tensor:
+        return self._weights(self.prototypes_ab)
+
+    def logits(self, features: torch.Tensor, psi: torch.Tensor, value: bool = False) -> torch.Tensor:
+        return features @ psi.T / self.student_temperature
+
+    def teacher(self, features: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        """Centred and sharpened teacher distribution ``float32 [B, K]`` (no gradient)."""
+        with torch.no_grad():
+            return torch.softmax((features @ psi.T - self.center) / self.teacher_temperature, dim=-1)
+
+    def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
+        teacher_logits = target.anchor_phi @ self.psi(target).T  # (B, K): the teacher sees the anchor views
+        teacher = torch.softmax((teacher_logits.detach() - self.center) / self.teacher_temperature, dim=-1)
+        with torch.no_grad():
+            self.center.mul_(self.center_momentum).add_(teacher_logits.mean(dim=0), alpha=1 - self.center_momentum)
+        return soft_cross_entropy(self.logits(online.phi, self.psi(online)), teacher)
+
+    def target_distribution(self, next_target: Encoded, psi: torch.Tensor) -> torch.Tensor:
+        return self.teacher(next_target.phi, psi)
+
+
+class CaptionSource(AnnotationSource):
+    """Captions as annotations (AB-CLIP), embedded by a text tower trained from scratch."""
+
+    name = "captions"
+    uses_captions = True
+
+    def __init__(self, tokenizer: CaptionTokenizer, dim: int, text_dim: int = 256, text_depth: int = 4,
+                 max_len: int = 32) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.text = TextTransformer(tokenizer.vocab_size, dim=text_dim, depth=text_depth, heads=4, max_len=max_len)
+        self.text_head = ProjectionHead(text_dim, dim)
+        self.text_head_ab = ProjectionHead(text_dim, dim)
+        self.temperature = Temperature()
+        self.value_temperature = Temperature()
+
+    def psi(self, enc: Encoded) -> torch.Tensor:
+        return self.text_head(self.text(enc.captions))
+
+    def psi_ab(self, enc: Encoded) -> torch.Tensor:
+        return self.text_head_ab(self.text(enc.captions))
+
+    def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
+        logits = self.logits(online.phi, self.psi(online))  # (B, B): images against captions
+        positives = _positives(online.same_image)
+        return (soft_cross_entropy(logits, positives) + soft_cross_entropy(logits.T, positives)) / 2
+
+
+class LabelSource(AnnotationSource):
+    """The environment's annotation vector as annotations: one learned embedding per category and background."""
+
+    name = "labels"
+
+    def __init__(self, num_categories: int, dim: int) -> None:
+        super().__init__()
+        if num_categories < 1:
+            raise ValueError("annotations='labels' needs a dataset with object categories; this one has none")
+        self.embedding = nn.Parameter(torch.randn(num_categories + 1, dim) * 0.02)
+        self.embedding_ab = nn.Parameter(torch.randn(num_categories + 1, dim) * 0.02)
+        self.temperature = Temperature()
+        self.value_temperature = Temperature()
+
+    def psi(self, enc: Encoded) -> torch.Tensor:
+        return F.normalize(self.embedding, dim=-1)
+
+    def psi_ab(self, enc: Encoded) -> torch.Tensor:
+        return F.normalize(self.embedding_ab, dim=-1)
+
+    def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
+        return soft_cross_entropy(self.logits(online.phi, self.psi(online)), online.annotation)
+
+    def target_distribution(self, next_target: Encoded, psi: torch.Tensor) -> torch.Tensor:
+        return next_target.annotation
