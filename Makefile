@@ -12,8 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m view_env.data info shapes
-	@echo "make run: the GVF pretrainer (issue 4) is not built yet; this run prepared and summarised the Shapes data."
+	$(PY) -m agents.pretrain --out runs/default
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -204,15 +204,21 @@ class VisionTransformer(nn.Module):
 
     Forward: ``float [B, 3, S, S]`` (normalised) -> :class:`EncoderOutput` with ``tokens [B, T, D]`` the final-norm
     patch tokens (``T = (S / patch_size) ** 2``, CLS excluded so that ``T`` is a square grid like the ResNet's) and
-    ``pooled [B, D]`` the final-norm CLS token.
+    ``pooled [B, D]``: with ``pool="cls"`` the final-norm CLS token; with ``pool="mean"`` the average of the patch
+    tokens (global average pooling, which a small ViT trained for a few hundred steps learns much faster: on Shapes
+    after 1,000 steps of the labels GVF, box classification from frozen features was 0.39 top-1 with the patch
+    mean against 0.33 with the CLS token).
 
     Init as in timm: position embeddings, CLS token and every ``Linear`` truncated normal (std 0.02), biases 0; the
     patch-embedding convolution keeps PyTorch's default.
     """
 
     def __init__(self, image_size: int, patch_size: int | None = None, dim: int = 192, depth: int = 12,
-                 heads: int = 3, mlp_ratio: float = 4.0) -> None:
+                 heads: int = 3, mlp_ratio: float = 4.0, pool: str = "cls") -> None:
         super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool {pool!r} is invalid: expected 'cls' or 'mean'")
+        self.pool = pool
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         if patch_size is None:
@@ -240,7 +246,8 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        return EncoderOutput(tokens=x[:, 1:], pooled=x[:, 0])
+        tokens = x[:, 1:]  # (B, T, D)
+        return EncoderOutput(tokens=tokens, pooled=x[:, 0] if self.pool == "cls" else tokens.mean(dim=1))
 
 
 class ResNetEncoder(nn.Module):
@@ -294,16 +301,16 @@ def build_encoder(name: str, image_size: int, patch_size: int | None = None, **o
             ``"resnet18"`` (D 512).
         image_size: view side S in pixels.
         patch_size: ViT patch size; ``None`` fits it to the view (:func:`fit_patch_size`). ViT only.
-        overrides: ViT: ``dim``, ``depth``, ``heads``, ``mlp_ratio``; ResNet: ``small_stem``.
+        overrides: ViT: ``dim``, ``depth``, ``heads``, ``mlp_ratio``, ``pool``; ResNet: ``small_stem``.
 
     Raises:
         ValueError: unknown name or override, a patch size for the ResNet, or a patch size that does not divide
             ``image_size``.
     """
     if name in VIT_PRESETS:
-        unknown = sorted(set(overrides) - {"dim", "depth", "heads", "mlp_ratio"})
+        unknown = sorted(set(overrides) - {"dim", "depth", "heads", "mlp_ratio", "pool"})
         if unknown:
-            raise ValueError(f"unknown overrides {unknown} for {name!r}; expected dim, depth, heads, mlp_ratio")
+            raise ValueError(f"unknown overrides {unknown} for {name!r}; expected dim, depth, heads, mlp_ratio, pool")
         return VisionTransformer(image_size, patch_size, **{**VIT_PRESETS[name], **overrides})
     if name == "resnet18":
         unknown = sorted(set(overrides) - {"small_stem"})

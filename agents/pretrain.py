@@ -43,7 +43,7 @@ from view_env.data import ImageDataset, load_dataset
 from view_env.vector import ViewTransformVectorEnv
 
 #: Fields that define the network: a checkpoint resumes only under the same values.
-MODEL_FIELDS = ("annotations", "encoder", "encoder_depth", "encoder_dim", "patch_size", "obs_size", "embed_dim",
+MODEL_FIELDS = ("annotations", "encoder", "encoder_depth", "encoder_dim", "patch_size", "pool", "obs_size", "embed_dim",
                 "action_tokens", "action_bins", "value_depth", "num_prototypes")
 
 
@@ -54,6 +54,7 @@ def build_network(config: PretrainConfig, num_categories: int, tokenizer: Captio
     if config.encoder.startswith("vit"):
         overrides = {k: v for k, v in {"depth": config.encoder_depth, "dim": config.encoder_dim}.items()
                      if v is not None}
+        overrides["pool"] = config.pool
         if "dim" in overrides:
             overrides["heads"] = max(1, overrides["dim"] // 64)
     encoder = build_encoder(config.encoder, config.obs_size, config.patch_size, **overrides)
@@ -238,14 +239,24 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
         gvf.ema_update(target, online, gvf.ema_momentum(step, config.total_steps, base=config.ema_momentum))
         history.append(metrics)
         views_per_second = (step + 1 - start) * config.batch_size * world / (time.perf_counter() - began)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", views_s=f"{views_per_second:.0f}")
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", views_s=f"{views_per_second:.0f}", refresh=False)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.total_steps:
             save(step + 1)
     bar.close()
     summary: dict[str, Any] = {"step": end, "first_loss": history[0]["loss"] if history else None,
-                               "last_loss": history[-1]["loss"] if history else None, "config": config_to_dict(config)}
+                               "last_loss": history[-1]["loss"] if history else None,
+                               "losses": [m["loss"] for m in history], "config": config_to_dict(config)}
+    if world > 1:
+        # Every rank must hold the same parameters after each step; check it once at the end.
+        checksum = torch.stack([p.detach().double().sum() for p in online.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(checksum) for _ in range(world)]
+        dist.all_gather(gathered, checksum)
+        summary["rank_checksums"] = [float(c) for c in gathered]
     if end == config.total_steps and config.probe and rank == 0:
         summary["probes"] = probe_against_random_init(config, online, dataset.num_categories, tokenizer, device)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if world > 1:
         dist.barrier()
     return summary

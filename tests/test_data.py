@@ -115,6 +115,12 @@ def test_no_transition_crosses_an_episode_boundary(tiny_shapes):
         if t % 2 == 1:  # within an episode x is the previous step's x'
             assert torch.equal(batch["view"], batches[t - 1]["next_view"])
             assert torch.equal(batch["box"], batches[t - 1]["next_box"])
+        # The anchor is the episode's first view (x itself at an episode's first step); x's annotation is the
+        # previous step's x' annotation within an episode.
+        first = batches[t - t % 2]["view"]
+        assert torch.equal(batch["anchor_view"], first)
+        if t % 2 == 1:
+            assert torch.equal(batch["view_annotation"], batches[t - 1]["annotation"])
 
 
 def test_transitions_from_step_picks_final_rows_only():

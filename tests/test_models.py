@@ -301,3 +301,14 @@ def test_text_transformer_ignores_padding(causal: bool) -> None:
     assert not torch.allclose(out[0], out[1])
     with pytest.raises(ValueError, match=r"L <= 16, got torch.int64 \[3, 20\]"):
         text(tokenizer.encode(CAPTIONS, max_len=20))
+
+
+def test_vit_mean_pooling_averages_the_patch_tokens():
+    from agents.models import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder("vit_tiny", 32, depth=1, dim=48, heads=2, pool="mean")
+    out = encoder(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(out.pooled, out.tokens.mean(dim=1))
+    with pytest.raises(ValueError, match="pool 'max' is invalid"):
+        build_encoder("vit_tiny", 32, pool="max")
