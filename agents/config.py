@@ -209,7 +209,8 @@ PRESETS: dict[str, Preset] = {
         {},
         "The default (`make run`): the labels GVF on Shapes, a 4-block, 128-wide ViT at 64 px, 800 steps on CPU.\n"
         "Command: python -m agents.pretrain --preset shapes-labels-cpu\n"
-        "Reaches: see docs/gvf.md, preset table (measured with this command).",
+        "Reaches (Shapes val, measured at commit fc19acd on 2 CPU cores, 5.3 min): presence mAP 0.286, box top-1 "
+        "0.380, k-NN top-1 0.130, count accuracy 0.258 (random init: 0.226, 0.352, 0.058, 0.194).",
     ),
     "shapes-views-cpu": Preset(
         {"annotations": "views"},
