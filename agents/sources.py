@@ -73,10 +73,15 @@ def label_distribution(annotation: torch.Tensor) -> torch.Tensor:
     return full / full.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _positives(same_image: torch.Tensor) -> torch.Tensor:
-    """Rows of ``bool [B, B]`` turned into target distributions over the positives."""
+def symmetric_info_nce(logits: torch.Tensor, same_image: torch.Tensor) -> torch.Tensor:
+    """InfoNCE in both directions (rows and columns of ``logits [B, B]``), as SimCLR and CLIP use it.
+
+    Every pair from the same image (``same_image``, ``bool [B, B]``) is a positive; each row's target is uniform over
+    its positives, so a batch holding two samples of one image does not push them apart.
+    """
     weights = same_image.float()
-    return weights / weights.sum(dim=-1, keepdim=True)
+    positives = weights / weights.sum(dim=-1, keepdim=True)
+    return (soft_cross_entropy(logits, positives) + soft_cross_entropy(logits.T, positives)) / 2
 
 
 class AnnotationSource(nn.Module):
@@ -130,9 +135,7 @@ class ViewSource(AnnotationSource):
         return self.psi_ab_head(enc.anchor)
 
     def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
-        logits = self.logits(online.phi, self.psi(online))  # (B, B): views against anchors
-        positives = _positives(online.same_image)
-        return (soft_cross_entropy(logits, positives) + soft_cross_entropy(logits.T, positives)) / 2
+        return symmetric_info_nce(self.logits(online.phi, self.psi(online)), online.same_image)  # views vs anchors
 
 
 class PrototypeSource(AnnotationSource):
@@ -202,9 +205,7 @@ class CaptionSource(AnnotationSource):
         return self.text_head_ab(self.text(enc.captions))
 
     def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
-        logits = self.logits(online.phi, self.psi(online))  # (B, B): images against captions
-        positives = _positives(online.same_image)
-        return (soft_cross_entropy(logits, positives) + soft_cross_entropy(logits.T, positives)) / 2
+        return symmetric_info_nce(self.logits(online.phi, self.psi(online)), online.same_image)  # images vs captions
 
 
 class LabelSource(AnnotationSource):

@@ -95,3 +95,38 @@ def test_ema_momentum_schedule():
     assert gvf.ema_momentum(100, 100) == pytest.approx(1.0)
     assert gvf.ema_momentum(50, 100) == pytest.approx(0.998)
     assert gvf.ema_momentum(200, 100) == pytest.approx(1.0)
+
+
+def test_symmetric_info_nce_against_a_loop():
+    from agents.sources import symmetric_info_nce
+
+    logits = torch.randn(4, 4)
+    image = torch.tensor([0, 1, 1, 2])
+    same = image[:, None] == image[None, :]
+    total = 0.0
+    for matrix in (logits, logits.T):
+        for i in range(4):
+            positives = [j for j in range(4) if image[i] == image[j]]
+            log_p = torch.log_softmax(matrix[i], -1)
+            total += -sum(log_p[j] for j in positives) / len(positives) / 4
+    torch.testing.assert_close(symmetric_info_nce(logits, same), total / 2)
+
+
+def test_label_distribution_adds_background_and_normalises():
+    from agents.sources import label_distribution
+
+    coverage = torch.tensor([[0.0, 0.0], [0.25, 0.25], [0.9, 0.6]])
+    expected = torch.tensor([[0.0, 0.0, 1.0], [0.25, 0.25, 0.5], [0.6, 0.4, 0.0]])
+    torch.testing.assert_close(label_distribution(coverage), expected)
+
+
+def test_next_actions_follow_the_environment_ranges():
+    g = torch.Generator().manual_seed(0)
+    rel_box, aug = gvf.sample_next_actions(64, 8, ("flip",), g, torch.device("cpu"))
+    assert rel_box.shape == (64, 8, 4) and aug.shape == (64, 8, 7)
+    centre = (rel_box[..., :2] + rel_box[..., 2:]) / 2
+    assert (centre - 0.5).abs().max() <= 0.5 + 1e-6
+    width = rel_box[..., 2] - rel_box[..., 0]
+    assert width.min() >= 1 / 1.5 / 1.5**0.5 - 1e-5 and width.max() <= 1.5 * 1.5**0.5 + 1e-5
+    assert set(aug[..., 0].unique().tolist()) == {0.0, 1.0}  # flip drawn
+    assert (aug[..., 1:] == torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])).all()  # the others at identity
