@@ -1,0 +1,578 @@
+"""The paper's comparison at CPU scale on Shapes: every annotation source with and without bootstrapping, the labels
+GVF, and the ablations of AB-SimCLR, at equal budget, probed with the same frozen-feature probes over several seeds.
+
+Rows (``--rows`` takes these names, comma-separated):
+
+- ``random-init``: the encoder of the same architecture at its initialisation (probed only, no training);
+- ``simclr`` / ``ab-simclr``: ``annotations="views"``, bootstrap weight 0 / 1;
+- ``dino`` / ``ab-dino``: ``annotations="prototypes"``, 0 / 1;
+- ``clip`` / ``ab-clip``: ``annotations="captions"``, 0 / 1;
+- ``labels`` / ``labels-gvf``: ``annotations="labels"``, 0 / 1 (the default preset's GVF);
+- ablations of AB-SimCLR (gamma 0.5, max backup, action tokens): ``ab-simclr-gamma0``, ``ab-simclr-gamma0.9``,
+  ``ab-simclr-mean`` (the mean backup: the GVF of the uniform policy) and ``ab-simclr-no-tokens``
+  (``action_tokens=False``). Gamma 0.5 and the max backup are the ``ab-simclr`` row itself.
+
+Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
+``python -m agents.pretrain``: a 4-block, 128-wide ViT at 64 px, batch 64, 16,384 transitions) with the same
+``total_steps`` (``--steps``), plus the row's few overrides; ``--set FIELD=VALUE`` changes the base of every row. All
+rows of a seed train on the same transitions: they are collected once per seed, exactly as ``agents.pretrain`` would
+collect them for that seed, written as shards under ``--out-dir`` and read back with ``--data`` (deleted once the
+seed's rows are done). The budget is equal in optimiser steps and views, not in compute: a base method skips the value
+head and so runs faster per step.
+
+Probes: the same as ``agents.pretrain --probe`` (``agents.probe.run_probes``: presence mAP, box top-1, k-NN top-1,
+count accuracy and MAE) on the same images (``--probe-train-images`` train images drawn with the seed, the whole val
+split unless ``--probe-val-images``). Each trained row probes only its pretrained encoder (from its checkpoint); the
+random-init encoder is probed once per seed (it is the same for every row: the encoder is built first from the torch
+seed ``seed + 1``, as in ``agents.pretrain``). The table gives the mean and the sample standard deviation over seeds.
+
+Outputs: the table and a plain reading on stdout; the raw per-seed results as JSON (``--json``, written after every
+run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pairs it already holds); a PNG of
+grouped bars (``--plot``); with ``--write-docs``, the section of docs/benchmarks.md between the pretrain_table
+markers.
+
+    python benchmarks/pretrain_table.py --write-docs     # 13 rows x 3 seeds, 250 steps: about 1.5 h on 2 cores
+    python benchmarks/pretrain_table.py --quick          # 5 rows, 1 seed, 40 steps, small probes: about 3 min
+    python benchmarks/pretrain_table.py --resume-json runs/pretrain_table.json --write-docs   # continue a run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from env_throughput import commit, machine  # noqa: E402
+
+from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_encoder  # noqa: E402
+from agents.config import PretrainConfig  # noqa: E402
+from agents.data import write_shards  # noqa: E402
+from agents.pretrain import build_network, collect_buffer, train  # noqa: E402
+from agents.probe import ProbeData, probe_data, run_probes  # noqa: E402
+from view_env.data import ImageBank, load_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+FIGURE = ROOT / "docs" / "figures" / "pretrain_table.png"
+START, END = "<!-- pretrain_table:start -->", "<!-- pretrain_table:end -->"
+HEADING = "## Pretraining comparison on Shapes"
+
+#: Probe keys, their column names, and whether higher is better.
+PROBES = {"presence_map": ("presence mAP", True), "box_top1": ("box top-1", True), "knn_top1": ("k-NN top-1", True),
+          "count_acc": ("count acc", True), "count_mae": ("count MAE", False)}
+DEFAULT_STEPS = 250
+DEFAULT_SEEDS = 3
+QUICK = {"seeds": 1, "steps": 40, "rows": "random-init,simclr,ab-simclr,labels,labels-gvf", "num_transitions": 4096,
+         "probe_train_images": 500, "probe_val_images": 300}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: ``overrides`` of the base config, or ``None`` for the random-init encoder."""
+
+    name: str
+    label: str
+    overrides: dict[str, Any] | None
+
+
+VIEWS = {"annotations": "views", "bootstrap_weight": 1.0}
+ROWS: dict[str, Row] = {r.name: r for r in (
+    Row("random-init", "random init", None),
+    Row("simclr", "SimCLR", {"annotations": "views", "bootstrap_weight": 0.0}),
+    Row("ab-simclr", "AB-SimCLR", VIEWS),
+    Row("dino", "DINO", {"annotations": "prototypes", "bootstrap_weight": 0.0}),
+    Row("ab-dino", "AB-DINO", {"annotations": "prototypes", "bootstrap_weight": 1.0}),
+    Row("clip", "CLIP", {"annotations": "captions", "bootstrap_weight": 0.0}),
+    Row("ab-clip", "AB-CLIP", {"annotations": "captions", "bootstrap_weight": 1.0}),
+    Row("labels", "labels base", {"annotations": "labels", "bootstrap_weight": 0.0}),
+    Row("labels-gvf", "labels GVF", {"annotations": "labels", "bootstrap_weight": 1.0}),
+    Row("ab-simclr-gamma0", "AB-SimCLR, gamma 0", {**VIEWS, "gamma": 0.0}),
+    Row("ab-simclr-gamma0.9", "AB-SimCLR, gamma 0.9", {**VIEWS, "gamma": 0.9}),
+    Row("ab-simclr-mean", "AB-SimCLR, mean backup", {**VIEWS, "backup": "mean"}),
+    Row("ab-simclr-no-tokens", "AB-SimCLR, no action tokens", {**VIEWS, "action_tokens": False}),
+)}
+#: (source, base row, bootstrapped row).
+PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP", "clip", "ab-clip"),
+         ("labels", "labels", "labels-gvf"))
+#: (what the ablation changes, row), each compared with ``ab-simclr`` (gamma 0.5, max backup, action tokens).
+ABLATIONS = (("gamma 0", "ab-simclr-gamma0"), ("gamma 0.9", "ab-simclr-gamma0.9"),
+             ("mean backup", "ab-simclr-mean"), ("no action tokens", "ab-simclr-no-tokens"))
+#: Fields each row sets, or the script sets per run: ``--set`` may not change them.
+RESERVED = {"annotations", "bootstrap_weight", "gamma", "backup", "action_tokens", "seed", "out", "data", "resume",
+            "total_steps", "probe", "probe_train_images", "root", "env", "split", "progress"}
+
+
+# ----------------------------------------------------------------------------------------------------- settings
+
+
+def _field_value(name: str, text: str) -> Any:
+    """``text`` as a value of :class:`PretrainConfig` field ``name``."""
+    hint = str(typing.get_type_hints(PretrainConfig)[name])
+    if text.lower() == "none" and "None" in hint:
+        return None
+    if hint == "bool":
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    if hint.startswith("tuple"):
+        return tuple(t for t in text.split(",") if t)
+    if "int" in hint:
+        return int(text)
+    if "float" in hint:
+        return float(text)
+    return text
+
+
+def base_config(args: argparse.Namespace) -> PretrainConfig:
+    """The settings every row shares (seed, output and data are set per run)."""
+    values: dict[str, Any] = {"env": "shapes", "root": args.shapes_root, "total_steps": args.steps, "probe": False,
+                              "probe_train_images": args.probe_train_images, "progress": args.progress,
+                              "warmup_steps": min(PretrainConfig.warmup_steps, max(1, args.steps // 4))}
+    if args.num_transitions is not None:
+        values["num_transitions"] = args.num_transitions
+    values.update(args.overrides)
+    return PretrainConfig(**values)
+
+
+def settings(base: PretrainConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """What must match for results to be comparable (and for ``--resume-json`` to continue them)."""
+    config = config_to_dict(base)
+    for name in ("seed", "out", "data", "resume", "progress", "probe", "device", "num_workers"):
+        config.pop(name)
+    return {"config": config, "probe_train_images": args.probe_train_images,
+            "probe_val_images": args.probe_val_images}
+
+
+def row_config(base: PretrainConfig, row: Row, seed: int, out_dir: Path, data: Path) -> PretrainConfig:
+    assert row.overrides is not None
+    return dataclasses.replace(base, **row.overrides, seed=seed, out=str(out_dir / row.name / f"seed{seed}"),
+                               data=str(data))
+
+
+# ------------------------------------------------------------------------------------------- data and the runs
+
+
+def transitions(base: PretrainConfig, seed: int, out_dir: Path) -> Path:
+    """The seed's transitions as shards: collected as ``agents.pretrain`` collects them for ``seed``, once."""
+    directory = out_dir / "transitions" / f"seed{seed}"
+    marker = directory / "pretrain_table.json"
+    collect_config = dataclasses.replace(base, seed=seed, data=None, progress=False)
+    key = {k: v for k, v in config_to_dict(collect_config).items()
+           if k in ("root", "split", "obs_size", "num_transitions", "num_envs", "max_episode_steps", "augmentations",
+                    "max_pan", "seed")}
+    if marker.is_file() and json.loads(marker.read_text()) == key:
+        return directory
+    began = time.perf_counter()
+    buffer, _ = collect_buffer(collect_config, 0, torch.device(base.device))
+    state = buffer.state_dict()  # rows in storage order, so --data refills an identical buffer
+    write_shards(directory, [state["transitions"]], state["size"], overwrite=True,
+                 metadata={"dataset": base.env, "seed": seed, "written_by": "benchmarks/pretrain_table.py"})
+    marker.write_text(json.dumps(key))
+    print(f"seed {seed}: collected {state['size']:,} transitions in {time.perf_counter() - began:.0f} s", flush=True)
+    return directory
+
+
+def probe_set(base: PretrainConfig, seed: int, val_images: int | None) -> ProbeData:
+    """The probes' images for ``seed``, drawn as ``agents.pretrain`` draws them (plus an optional val subset)."""
+    train_set = load_dataset("shapes", root=base.root, split="train", progress=False)
+    val_set = load_dataset("shapes", root=base.root, split="val", progress=False)
+    rng = np.random.default_rng(seed)
+    train_indices = np.sort(rng.permutation(len(train_set))[: base.probe_train_images])
+    val_indices = np.arange(len(val_set))
+    if val_images is not None and val_images < len(val_set):
+        val_indices = np.sort(np.random.default_rng(seed + 7).permutation(len(val_set))[:val_images])
+    canvas = min(256, max(128, 2 * base.obs_size))
+    bank_train = ImageBank.from_dataset(train_set, canvas_size=canvas, indices=train_indices.tolist(), progress=False)
+    bank_val = ImageBank.from_dataset(val_set, canvas_size=canvas, indices=val_indices.tolist(), progress=False)
+    return probe_data(bank_train, bank_val, base.obs_size, seed=seed)
+
+
+def probe_random_init(base: PretrainConfig, seed: int, data: ProbeData) -> dict[str, float]:
+    """The probes of the encoder every row starts from for ``seed`` (built as ``agents.pretrain`` builds it)."""
+    torch.manual_seed(seed + 1)
+    config = dataclasses.replace(base, annotations="labels")  # the encoder is built first: the source is irrelevant
+    encoder = build_network(config, data.num_categories).encoder.to(base.device).eval()
+    return run_probes(lambda x: encoder(x).pooled, data, device=base.device, progress=base.progress)
+
+
+def pretrain_and_probe(config: PretrainConfig, data: ProbeData) -> dict[str, Any]:
+    """Train one row for one seed (continuing its checkpoint when it is of this exact run) and probe it."""
+    checkpoint = Path(config.out) / "checkpoint.pt"
+    if checkpoint.is_file():
+        try:
+            saved = load_checkpoint(checkpoint)["config"]
+            same = dataclasses.replace(saved, resume=False, progress=False) == dataclasses.replace(
+                config, resume=False, progress=False)
+        except CheckpointError:
+            same = False
+        config = dataclasses.replace(config, resume=same)
+    began = time.perf_counter()
+    summary = train(config)
+    train_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    encoder, _ = load_encoder(checkpoint, config.device)
+    probes = run_probes(encoder, data, device=config.device, progress=config.progress)
+    return {"probes": probes, "train_seconds": train_seconds, "probe_seconds": time.perf_counter() - began,
+            "steps": summary["step"], "first_loss": summary["first_loss"], "last_loss": summary["last_loss"],
+            "resumed_checkpoint": config.resume}
+
+
+# ------------------------------------------------------------------------------------------ table and reading
+
+
+def aggregate(runs: dict[str, dict[str, Any]], seeds: int) -> dict[str, dict[str, Any]]:
+    """Per row: the seeds used, and the mean and sample std (ddof 1; 0 for one seed) of every probe."""
+    table = {}
+    for name in ROWS:
+        per_seed = [runs[name][str(s)] for s in range(seeds) if str(s) in runs.get(name, {})]
+        if not per_seed:
+            continue
+        entry: dict[str, Any] = {"n": len(per_seed)}
+        for key in PROBES:
+            values = np.array([r["probes"][key] for r in per_seed], dtype=float)
+            entry[key] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+        seconds = [r.get("train_seconds") for r in per_seed if r.get("train_seconds") is not None]
+        entry["train_seconds"] = float(np.mean(seconds)) if seconds else None
+        table[name] = entry
+    return table
+
+
+def render_table(table: dict[str, dict[str, Any]]) -> str:
+    head = "| row | seeds | " + " | ".join(label + ("" if up else " (lower better)") for label, up in
+                                            PROBES.values()) + " | pretrain s / seed |"
+    lines = [head, "|" + "---|" * (len(PROBES) + 3)]
+    for name, entry in table.items():
+        cells = []
+        for key in PROBES:
+            mean, std = entry[key]
+            cells.append(f"{mean:.3f} ± {std:.3f}" if entry["n"] > 1 else f"{mean:.3f}")
+        seconds = "" if entry["train_seconds"] is None else f"{entry['train_seconds']:.0f}"
+        lines.append(f"| {ROWS[name].label} | {entry['n']} | " + " | ".join(cells) + f" | {seconds} |")
+    return "\n".join(lines)
+
+
+def compare(table: dict[str, dict[str, Any]], other: str, reference: str) -> dict[str, Any]:
+    """Differences ``other - reference`` per probe, whether each is an improvement, and whether it exceeds the
+    seed spread (the standard deviation of a difference of two independent runs)."""
+    out = {}
+    for key, (_, up) in PROBES.items():
+        (a, sa), (b, sb) = table[other][key], table[reference][key]
+        delta = a - b
+        spread = math.hypot(sa, sb)
+        out[key] = {"delta": delta, "better": delta > 0 if up else delta < 0,
+                    "beyond_spread": min(table[other]["n"], table[reference]["n"]) > 1 and abs(delta) > spread}
+    return out
+
+
+def _sentence(name: str, ref: str, diff: dict[str, Any], seeded: bool) -> str:
+    parts = ", ".join(f"{d['delta']:+.3f} {PROBES[k][0]}" for k, d in diff.items())
+    better = [PROBES[k][0] for k, d in diff.items() if d["better"]]
+    text = f"{name} vs {ref}: {parts}; better on {len(better)} of {len(diff)} probes"
+    if seeded:
+        beyond = [f"{PROBES[k][0]} ({'better' if d['better'] else 'worse'})" for k, d in diff.items()
+                  if d["beyond_spread"]]
+        text += (f"; beyond the seed spread on {', '.join(beyond)}" if beyond
+                 else "; every difference is within the seed spread")
+    return text + "."
+
+
+def reading(table: dict[str, dict[str, Any]]) -> list[str]:
+    """Plain sentences of what the table shows, from its numbers only."""
+    lines = []
+    seeded = min((e["n"] for e in table.values()), default=0) > 1
+    wins, losses = [], []
+    for source, base, boot in PAIRS:
+        if base in table and boot in table:
+            diff = compare(table, boot, base)
+            lines.append(_sentence(ROWS[boot].label, ROWS[base].label, diff, seeded))
+            (wins if diff["presence_map"]["better"] else losses).append(source)
+    if wins or losses:
+        lines.append(f"On presence mAP, bootstrapping beats its base for {len(wins)} of {len(wins) + len(losses)} "
+                     f"sources ({', '.join(wins) or 'none'}) and does not for {', '.join(losses) or 'none'}.")
+    if "ab-simclr" in table:
+        for what, name in ABLATIONS:
+            if name in table:
+                lines.append(_sentence(f"AB-SimCLR with {what}", "AB-SimCLR (gamma 0.5, max backup, action tokens)",
+                                       compare(table, name, "ab-simclr"), seeded))
+    if "random-init" in table:
+        above, not_above = [], []
+        for name in table:
+            if name != "random-init":
+                diff = compare(table, name, "random-init")["presence_map"]
+                ok = diff["better"] and (diff["beyond_spread"] or not seeded)
+                (above if ok else not_above).append(ROWS[name].label)
+        if above or not_above:
+            qualifier = " by more than the seed spread" if seeded else ""
+            lines.append(f"Above the random-init encoder on presence mAP{qualifier}: {'; '.join(above) or 'none'}. "
+                         f"Not: {'; '.join(not_above) or 'none'}.")
+    if not seeded and lines:
+        lines.append("One seed only: no spread is measured, so no difference here can be told apart from seed noise.")
+    return lines
+
+
+def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
+    """Grouped bars per probe: base vs bootstrapped per source (top), the AB-SimCLR ablations (bottom); error bars
+    are the seed std; the dashed line is the random-init encoder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [p for p in PAIRS if p[1] in table or p[2] in table]
+    ablations = [("AB-SimCLR (gamma 0.5, max)", "ab-simclr")] + [a for a in ABLATIONS if a[1] in table]
+    show_ablations = len([a for a in ablations if a[1] in table]) > 1
+    panels = 2 if show_ablations else 1
+    figure, axes = plt.subplots(panels, len(PROBES), figsize=(4 * len(PROBES), 3.6 * panels), squeeze=False)
+    for column, (key, (label, up)) in enumerate(PROBES.items()):
+        ax = axes[0, column]
+        x = np.arange(len(pairs))
+        for offset, which, colour, name in ((-0.2, 1, "#9aa5b1", "base"), (0.2, 2, "#d9622b", "bootstrapped")):
+            means = [table[p[which]][key][0] if p[which] in table else np.nan for p in pairs]
+            stds = [table[p[which]][key][1] if p[which] in table else 0.0 for p in pairs]
+            ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, color=colour, label=name)
+        ax.set_xticks(x, [p[0] for p in pairs])
+        ax.set_title(f"{label} ({'higher' if up else 'lower'} is better)", fontsize=10)
+        if show_ablations:
+            ax2 = axes[1, column]
+            present = [a for a in ablations if a[1] in table]
+            x2 = np.arange(len(present))
+            ax2.bar(x2, [table[a[1]][key][0] for a in present], 0.6, yerr=[table[a[1]][key][1] for a in present],
+                    capsize=3, color=["#d9622b"] + ["#4c78a8"] * (len(present) - 1))
+            ax2.set_xticks(x2, [a[0].replace(" ", "\n", 1) for a in present], fontsize=8)
+        for a in axes[:, column]:
+            if "random-init" in table:
+                a.axhline(table["random-init"][key][0], color="black", linestyle="--", linewidth=1,
+                          label="random init")
+    axes[0, 0].legend(fontsize=8)
+    if show_ablations:
+        axes[1, 0].set_ylabel("AB-SimCLR ablations")
+    axes[0, 0].set_ylabel("base vs bootstrapped")
+    seeds = max(e["n"] for e in table.values())
+    figure.suptitle(f"Pretraining on Shapes at equal budget: mean and std over {seeds} seed(s)", fontsize=11)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: Path) -> None:
+    try:
+        figure_ref = figure.resolve().relative_to(DOCS.parent.resolve()).as_posix()
+    except ValueError:
+        figure_ref = str(figure)
+    base = meta["settings"]["config"]
+    section = "\n".join([
+        START,
+        f"Measured with `{meta['command']}` on {meta['machine']}; commit {meta['commit']}; wall time "
+        f"{meta['wall']:.0f} s ({meta['runs_done']} runs in this invocation; the {meta['runs_total']} runs in the "
+        f"JSON took {meta['run_seconds']:.0f} s of pretraining and probing).",
+        "",
+        f"Equal budget for every row: {base['total_steps']} steps x {base['batch_size']} transitions "
+        f"({base['total_steps'] * base['batch_size']:,} views) from the same {base['num_transitions']:,} transitions "
+        f"per seed, a {base['encoder_depth']}-block {base['encoder_dim']}-wide {base['encoder']} at "
+        f"{base['obs_size']} px, lr {base['lr']} (warm-up {base['warmup_steps']} steps), gamma {base['gamma']} and "
+        f"{base['backup']} backup unless the row says otherwise. Probes on the Shapes val split "
+        f"({meta['settings']['probe_val_images'] or 'all'} images), fitted on "
+        f"{meta['settings']['probe_train_images']} train images; mean ± sample std over seeds; higher is better "
+        "except count MAE. Raw per-seed results: the JSON written by the run.",
+        "",
+        table_text,
+        "",
+        f"![pretraining comparison]({figure_ref})",
+        "",
+        "What it shows (generated from the numbers above; \"beyond the seed spread\" means the difference of the "
+        "means exceeds the standard deviation of a difference of two runs, a rough yardstick rather than a test):",
+        "",
+        *[f"- {line}" for line in lines],
+        "",
+        "At this scale (a few hundred CPU steps, a tiny ViT) the paper's gains are not expected to show reliably: "
+        "its results come from ViT-S trained for far longer on COCO or CC12M. Where a bootstrapped row does not beat "
+        "its base above, that is the measured result at this budget, not a claim about the method at scale.",
+        END,
+    ])
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n" + section + "\n"
+    DOCS.write_text(text)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(document, indent=1))
+    os.replace(temporary, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps of every row (default "
+                        f"{DEFAULT_STEPS}; --quick: {QUICK['steps']})")
+    parser.add_argument("--seeds", type=int, default=None, help=f"seeds 0..N-1 (default {DEFAULT_SEEDS}; --quick: 1)")
+    parser.add_argument("--rows", default=None, help=f"comma-separated subset of: {', '.join(ROWS)} (default: all; "
+                        f"--quick: {QUICK['rows']})")
+    parser.add_argument("--shapes-root", default=None, help="a Shapes set (default: the cached default set)")
+    parser.add_argument("--num-transitions", type=int, default=None,
+                        help=f"transitions per seed (default {PretrainConfig.num_transitions}; --quick: "
+                             f"{QUICK['num_transitions']})")
+    parser.add_argument("--probe-train-images", type=int, default=None,
+                        help=f"train images the probes are fitted on (default {PretrainConfig.probe_train_images}; "
+                             f"--quick: {QUICK['probe_train_images']})")
+    parser.add_argument("--probe-val-images", type=int, default=None,
+                        help=f"val images the probes are scored on (default: all; --quick: "
+                             f"{QUICK['probe_val_images']})")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="change a PretrainConfig field of every row, e.g. --set encoder_depth=2 lr=1e-3 "
+                             f"(not {', '.join(sorted(RESERVED))})")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 seed, 40 steps, 5 rows (random init, SimCLR vs AB-SimCLR, labels base vs GVF), 4,096 "
+                             "transitions, probes on 500 train and 300 val images: under 5 minutes on 2 cores; "
+                             "explicit flags override these")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/pretrain_table"),
+                        help="checkpoints (OUT_DIR/ROW/seedN) and the transitions of each seed")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="raw per-seed results (default: --resume-json when given, else runs/pretrain_table.json)")
+    parser.add_argument("--resume-json", type=Path, default=None,
+                        help="continue from this JSON: skip the (row, seed) runs it already holds")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help=f"the PNG (default: {FIGURE.relative_to(ROOT)} with --write-docs, else "
+                             "OUT_DIR/pretrain_table.png)")
+    parser.add_argument("--write-docs", action="store_true", help=f"write the section of {DOCS.relative_to(ROOT)}")
+    parser.add_argument("--progress", action="store_true", help="progress bars of pretraining and probes")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    defaults = {"steps": DEFAULT_STEPS, "seeds": DEFAULT_SEEDS, "rows": ",".join(ROWS), "num_transitions": None,
+                "probe_train_images": PretrainConfig.probe_train_images, "probe_val_images": None}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, QUICK[name] if args.quick else value)
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown or not args.rows:
+        parser.error(f"--rows {','.join(unknown) or '(empty)'}: expected names among {', '.join(ROWS)}")
+    if args.steps < 1 or args.seeds < 1 or args.probe_train_images < 1 or (args.probe_val_images or 1) < 1:
+        parser.error("--steps, --seeds, --probe-train-images and --probe-val-images must be >= 1")
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    overrides = {}
+    for item in args.overrides:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            parser.error(f"--set {item}: expected FIELD=VALUE with FIELD a PretrainConfig field")
+        if name in RESERVED:
+            parser.error(f"--set {item}: {name} is set by the rows or by this script's own flags")
+        try:
+            overrides[name] = _field_value(name, text)
+        except ValueError as error:
+            parser.error(f"--set {item}: {error}")
+    args.overrides = overrides
+    if args.json is None:
+        args.json = args.resume_json or Path("runs/pretrain_table.json")
+    if args.plot is None:
+        args.plot = FIGURE if args.write_docs else args.out_dir / "pretrain_table.png"
+    return args, parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, parser = parse_args(argv)
+    try:
+        base = base_config(args)
+    except ValueError as error:
+        parser.error(str(error))
+    wanted = settings(base, args)
+    document: dict[str, Any] = {"settings": wanted, "runs": {}, "invocations": []}
+    if args.resume_json is not None:
+        if not args.resume_json.is_file():
+            parser.error(f"--resume-json {args.resume_json} does not exist")
+        previous = json.loads(args.resume_json.read_text())
+        if previous.get("settings") != wanted:
+            old = previous.get("settings", {})
+            differ = sorted({k for k in (*wanted["config"], *old.get("config", {}))
+                             if wanted["config"].get(k) != old.get("config", {}).get(k)}
+                            | {k for k in ("probe_train_images", "probe_val_images") if wanted[k] != old.get(k)})
+            parser.error(f"--resume-json {args.resume_json} was written with other settings ({', '.join(differ)} "
+                         "differ); rerun with the same flags or start a new JSON")
+        document = previous
+    runs: dict[str, dict[str, Any]] = document["runs"]
+    command = "python benchmarks/pretrain_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command.strip()
+    started = time.perf_counter()
+    todo = [(seed, name) for seed in range(args.seeds) for name in args.rows if str(seed) not in runs.get(name, {})]
+    skipped = [(seed, name) for seed in range(args.seeds) for name in args.rows if str(seed) in runs.get(name, {})]
+    for seed, name in skipped:
+        print(f"skip {name} seed {seed}: in {args.resume_json}")
+    print(f"{len(todo)} runs: {args.steps} steps x batch {base.batch_size}, {base.num_transitions:,} transitions per "
+          f"seed, probes on {args.probe_train_images} train images; checkpoints in {args.out_dir}", flush=True)
+    probe_cache: dict[int, ProbeData] = {}
+    for number, (seed, name) in enumerate(todo, 1):
+        row = ROWS[name]
+        if seed not in probe_cache:
+            probe_cache.clear()
+            probe_cache[seed] = probe_set(base, seed, args.probe_val_images)
+        data = probe_cache[seed]
+        began = time.perf_counter()
+        if row.overrides is None:
+            result = {"probes": probe_random_init(base, seed, data), "train_seconds": None,
+                      "probe_seconds": time.perf_counter() - began}
+        else:
+            config = row_config(base, row, seed, args.out_dir, transitions(base, seed, args.out_dir))
+            result = pretrain_and_probe(config, data)
+        result.update(machine=machine(), commit=commit())
+        runs.setdefault(name, {})[str(seed)] = result
+        _write_json(args.json, document)
+        scores = ", ".join(f"{PROBES[k][0]} {v:.3f}" for k, v in result["probes"].items())
+        loss = (f", loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}"
+                if result.get("first_loss") is not None else "")
+        print(f"[{number}/{len(todo)}] {name} seed {seed}: {time.perf_counter() - began:.0f} s{loss}; {scores}",
+              flush=True)
+        if all(s != seed or ROWS[n].overrides is None for s, n in todo[number:]):
+            shutil.rmtree(args.out_dir / "transitions" / f"seed{seed}", ignore_errors=True)
+    wall = time.perf_counter() - started
+    document["invocations"].append({"command": command, "wall_seconds": wall, "runs": len(todo),
+                                    "machine": machine(), "commit": commit()})
+    _write_json(args.json, document)
+
+    table = aggregate(runs, args.seeds)
+    if not table:
+        print("no results to tabulate")
+        return 0
+    table_text = render_table(table)
+    lines = reading(table)
+    print("\n" + table_text + "\n")
+    for line in lines:
+        print(line)
+    plot(table, args.plot)
+    run_seconds = sum((r.get("train_seconds") or 0) + (r.get("probe_seconds") or 0)
+                      for per_row in runs.values() for r in per_row.values())
+    print(f"\nwall time {wall:.0f} s on {machine()}, commit {commit()}; results {args.json}, figure {args.plot}")
+    if args.write_docs:
+        meta = {"command": command, "machine": machine(), "commit": commit(), "wall": wall, "settings": wanted,
+                "runs_done": len(todo), "runs_total": sum(len(v) for v in runs.values()), "run_seconds": run_seconds}
+        write_docs(table_text, lines, meta, args.plot)
+        print(f"wrote {DOCS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""benchmarks/pretrain_table.py runs to its end at its smallest settings, writes its JSON and PNG, and resumes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import pretrain_table  # noqa: E402
+
+TINY = ["--set", "encoder_depth=1", "encoder_dim=64", "obs_size=32", "embed_dim=32", "value_depth=1",
+        "num_next_actions=4", "batch_size=8", "num_envs=8", "--num-transitions", "64", "--steps", "2", "--seeds", "1"]
+
+
+def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, capsys):
+    results, figure, out_dir = tmp_path / "table.json", tmp_path / "table.png", tmp_path / "runs"
+    common = ["--shapes-root", str(tiny_shapes), "--out-dir", str(out_dir), "--plot", str(figure), *TINY]
+    assert pretrain_table.main([*common, "--rows", "random-init,ab-simclr", "--json", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "| row | seeds | presence mAP |" in out
+    table_rows = [line for line in out.splitlines() if line.startswith("| random init |")
+                  or line.startswith("| AB-SimCLR |")]
+    assert len(table_rows) == 2
+    assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = json.loads(results.read_text())
+    assert set(first["runs"]) == {"random-init", "ab-simclr"}
+    run = first["runs"]["ab-simclr"]["0"]
+    assert run["steps"] == 2 and set(run["probes"]) == set(pretrain_table.PROBES)
+    assert first["settings"]["config"]["total_steps"] == 2
+    assert not (out_dir / "transitions" / "seed0").exists()  # the seed's transitions are removed once it is done
+
+    # Resume with one more row: the finished runs are skipped and kept as they were; only the new row runs.
+    assert pretrain_table.main([*common, "--rows", "random-init,ab-simclr,labels",
+                                "--resume-json", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "skip random-init seed 0" in out and "skip ab-simclr seed 0" in out
+    assert "1 runs:" in out and "labels seed 0" in out
+    second = json.loads(results.read_text())
+    assert second["runs"]["ab-simclr"] == first["runs"]["ab-simclr"]
+    assert second["runs"]["random-init"] == first["runs"]["random-init"]
+    assert set(second["runs"]) == {"random-init", "ab-simclr", "labels"}
+    assert len(second["invocations"]) == 2
+    assert "| labels base |" in out
+
+
+def test_resume_refuses_other_settings(tiny_shapes, tmp_path, capsys):
+    results = tmp_path / "table.json"
+    results.write_text(json.dumps({"settings": {"config": {"total_steps": 999}}, "runs": {}, "invocations": []}))
+    try:
+        pretrain_table.main(["--shapes-root", str(tiny_shapes), "--rows", "random-init", "--resume-json",
+                             str(results), "--out-dir", str(tmp_path / "runs"), *TINY])
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    else:
+        raise AssertionError("a JSON of other settings was resumed")
+    assert "total_steps" in capsys.readouterr().err
+
+
+def test_reading_and_table_from_numbers():
+    def entry(presence, n=3, std=0.01):
+        return {"n": n, "train_seconds": 1.0,
+                **{k: ((presence, std) if k == "presence_map" else (0.5, std)) for k in pretrain_table.PROBES}}
+
+    table = {"random-init": entry(0.20), "simclr": entry(0.30), "ab-simclr": entry(0.25), "labels": entry(0.30),
+             "labels-gvf": entry(0.40), "ab-simclr-gamma0": entry(0.25)}
+    lines = pretrain_table.reading(table)
+    assert any(line.startswith("AB-SimCLR vs SimCLR: -0.050 presence mAP") and "presence mAP (worse)" in line
+               for line in lines)
+    assert any("for 1 of 2 sources (labels) and does not for SimCLR" in line for line in lines)
+    assert any(line.startswith("AB-SimCLR with gamma 0 vs") and "within the seed spread" in line for line in lines)
+    text = pretrain_table.render_table(table)
+    assert "| SimCLR | 3 | 0.300 ± 0.010 |" in text
