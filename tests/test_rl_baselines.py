@@ -16,7 +16,6 @@ import rl_baselines  # noqa: E402
 from view_env.vector import ViewTransformVectorEnv  # noqa: E402
 
 
-@pytest.mark.slow
 def test_smallest_settings_print_the_table_and_write_the_plot(tiny_shapes, tmp_path, capsys):
     plot = tmp_path / "curves.png"
     code = rl_baselines.main(["--steps", "64", "--seeds", "1", "--num-envs", "4", "--eval-episodes", "4",
@@ -38,7 +37,7 @@ def test_oracle_beats_random(tiny_shapes):
     oracle = rl_baselines.evaluate(rl_baselines.oracle_policy, val, 128, 64, seed=0)
     uniform = rl_baselines.evaluate(lambda venv: rl_baselines.random_policy(venv.action_space.n, seed=0), val, 128,
                                     64, seed=0)
-    assert oracle.success >= uniform.success + 0.3, (oracle, uniform)
+    assert oracle.success >= uniform.success + 0.5, (oracle, uniform)
     assert oracle.ret == pytest.approx(oracle.success)  # the only reward ends a successful episode
     assert oracle.length < uniform.length
 
