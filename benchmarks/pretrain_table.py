@@ -74,7 +74,7 @@ HEADING = "## Pretraining comparison on Shapes"
 #: Probe keys, their column names, and whether higher is better.
 PROBES = {"presence_map": ("presence mAP", True), "box_top1": ("box top-1", True), "knn_top1": ("k-NN top-1", True),
           "count_acc": ("count acc", True), "count_mae": ("count MAE", False)}
-DEFAULT_STEPS = 250
+DEFAULT_STEPS = 200
 DEFAULT_SEEDS = 3
 QUICK = {"seeds": 1, "steps": 40, "rows": "random-init,simclr,ab-simclr,labels,labels-gvf", "num_transitions": 4096,
          "probe_train_images": 500, "probe_val_images": 300}
