@@ -31,8 +31,8 @@ run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pa
 grouped bars (``--plot``); with ``--write-docs``, the section of docs/benchmarks.md between the pretrain_table
 markers.
 
-    python benchmarks/pretrain_table.py --write-docs     # 13 rows x 3 seeds, 250 steps: about 1.5 h on 2 cores
-    python benchmarks/pretrain_table.py --quick          # 5 rows, 1 seed, 40 steps, small probes: about 3 min
+    python benchmarks/pretrain_table.py --write-docs     # 13 rows x 3 seeds, 200 steps: about 75 min on 2 idle cores
+    python benchmarks/pretrain_table.py --quick          # 5 rows, 1 seed, 40 steps, small probes: about 2 min
     python benchmarks/pretrain_table.py --resume-json runs/pretrain_table.json --write-docs   # continue a run
 """
 
@@ -220,13 +220,14 @@ def pretrain_and_probe(config: PretrainConfig, data: ProbeData) -> dict[str, Any
         except CheckpointError:
             same = False
         config = dataclasses.replace(config, resume=same)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     summary = train(config)
-    train_seconds = time.perf_counter() - began
+    train_seconds, train_cpu = time.perf_counter() - began, time.process_time() - cpu
     began = time.perf_counter()
     encoder, _ = load_encoder(checkpoint, config.device)
     probes = run_probes(encoder, data, device=config.device, progress=config.progress)
-    return {"probes": probes, "train_seconds": train_seconds, "probe_seconds": time.perf_counter() - began,
+    return {"probes": probes, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
+            "probe_seconds": time.perf_counter() - began,
             "steps": summary["step"], "first_loss": summary["first_loss"], "last_loss": summary["last_loss"],
             "resumed_checkpoint": config.resume}
 
@@ -294,15 +295,26 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
     """Plain sentences of what the table shows, from its numbers only."""
     lines = []
     seeded = min((e["n"] for e in table.values()), default=0) > 1
-    wins, losses = [], []
+    not_better: dict[str, list[str]] = {key: [] for key in PROBES}
+    compared = []
     for source, base, boot in PAIRS:
         if base in table and boot in table:
             diff = compare(table, boot, base)
             lines.append(_sentence(ROWS[boot].label, ROWS[base].label, diff, seeded))
-            (wins if diff["presence_map"]["better"] else losses).append(source)
-    if wins or losses:
-        lines.append(f"On presence mAP, bootstrapping beats its base for {len(wins)} of {len(wins) + len(losses)} "
-                     f"sources ({', '.join(wins) or 'none'}) and does not for {', '.join(losses) or 'none'}.")
+            compared.append(source)
+            for key, d in diff.items():
+                if not d["better"]:
+                    not_better[key].append(source)
+    if compared:
+        wins = [s for s in compared if s not in not_better["presence_map"]]
+        text = (f"On presence mAP the bootstrapped row is above its base for {len(wins)} of {len(compared)} sources "
+                f"({', '.join(wins) or 'none'})")
+        if not_better["presence_map"]:
+            text += f" and not for {', '.join(not_better['presence_map'])}"
+        lines.append(text + ".")
+        lines.append("Where bootstrapping does not beat its base (per probe, sources whose bootstrapped row is not "
+                     "better): " + "; ".join(f"{PROBES[k][0]}: {', '.join(v) or 'none'}" for k, v in not_better.items())
+                     + ".")
     if "ab-simclr" in table:
         for what, name in ABLATIONS:
             if name in table:
@@ -399,9 +411,13 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
         "",
         *[f"- {line}" for line in lines],
         "",
-        "At this scale (a few hundred CPU steps, a tiny ViT) the paper's gains are not expected to show reliably: "
-        "its results come from ViT-S trained for far longer on COCO or CC12M. Where a bootstrapped row does not beat "
-        "its base above, that is the measured result at this budget, not a claim about the method at scale.",
+        f"At this scale ({base['total_steps']} CPU steps of a tiny ViT) the paper's gains are not expected to show "
+        "reliably: its results come from ViT-S trained for far longer on COCO or CC12M. Where a bootstrapped row does "
+        "not beat its base above, that is the measured result at this budget, not a claim about the method at scale. "
+        "The pretraining seconds are wall time on a machine shared with other work: compare them within a run only.",
+        *(["", f"Rows not in this run: {'; '.join(meta['missing'])} "
+               "(`python benchmarks/pretrain_table.py --write-docs` runs every row with 3 seeds)."]
+          if meta["missing"] else []),
         END,
     ])
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
@@ -568,7 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nwall time {wall:.0f} s on {machine()}, commit {commit()}; results {args.json}, figure {args.plot}")
     if args.write_docs:
         meta = {"command": command, "machine": machine(), "commit": commit(), "wall": wall, "settings": wanted,
-                "runs_done": len(todo), "runs_total": sum(len(v) for v in runs.values()), "run_seconds": run_seconds}
+                "runs_done": len(todo), "runs_total": sum(len(v) for v in runs.values()), "run_seconds": run_seconds,
+                "missing": [ROWS[n].label for n in ROWS if n not in table]}
         write_docs(table_text, lines, meta, args.plot)
         print(f"wrote {DOCS}")
     return 0

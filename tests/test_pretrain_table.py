@@ -68,7 +68,10 @@ def test_reading_and_table_from_numbers():
     lines = pretrain_table.reading(table)
     assert any(line.startswith("AB-SimCLR vs SimCLR: -0.050 presence mAP") and "presence mAP (worse)" in line
                for line in lines)
-    assert any("for 1 of 2 sources (labels) and does not for SimCLR" in line for line in lines)
+    assert ("On presence mAP the bootstrapped row is above its base for 1 of 2 sources (labels) and not for "
+            "SimCLR.") in lines
+    assert any(line.startswith("Where bootstrapping does not beat its base") and "presence mAP: SimCLR;" in line
+               and "box top-1: SimCLR, labels;" in line for line in lines)  # equal means are not better
     assert any(line.startswith("AB-SimCLR with gamma 0 vs") and "within the seed spread" in line for line in lines)
     text = pretrain_table.render_table(table)
     assert "| SimCLR | 3 | 0.300 ± 0.010 |" in text
