@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -57,3 +58,26 @@ def test_oracle_scores_every_geometric_action_in_one_batch(tiny_shapes):
         _, reward, terminated, _, _ = env.step(rl_baselines.oracle_actions(env))
         successes |= (terminated & (reward > 0)).numpy()
     assert successes.mean() >= 0.5
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_results_of_one_process(tiny_shapes, tmp_path, capsys):
+    common = ["--steps", "64", "--seeds", "1", "--num-envs", "4", "--eval-episodes", "4", "--curve-points", "2",
+              "--algos", "a2c", "dqn", "--shapes-root", str(tiny_shapes), "--plot", str(tmp_path / "curves.png")]
+    assert rl_baselines.main([*common, "--json", str(tmp_path / "one.json")]) == 0
+    assert rl_baselines.main([*common, "--workers", "2", "--json", str(tmp_path / "two.json")]) == 0
+    assert "in 2 worker processes" in capsys.readouterr().out
+
+    def outcomes(name: str) -> list[tuple]:
+        runs = json.loads((tmp_path / name).read_text())["runs"]
+        return [(r["method"], r["seed"], r["final"], r["steps"], r["curve"]) for r in runs]
+
+    one = outcomes("one.json")
+    assert [(method, seed) for method, seed, *_ in one] == [("random", 0), ("oracle", 0), ("a2c", 0), ("dqn", 0)]
+    assert outcomes("two.json") == one  # a run depends on its method and seed, not on where it ran
+
+
+def test_bad_worker_count_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        rl_baselines.main(["--workers", "0"])
+    assert "--workers=0 is invalid" in capsys.readouterr().err
