@@ -402,7 +402,8 @@ def write_docs(table: str, rows: list[dict], plot_path: Path, wall: float, argum
         f"Measured with `{command}` on {machine()}; commit {commit()}; wall time {wall:.0f} s.",
         f"{args.steps:,} training steps per run on {images} train images, {args.num_envs} environments, "
         f"{args.obs_size}-px views; {args.eval_episodes} val episodes per evaluation; mean ± sample std over "
-        f"{args.seeds} seed(s).",
+        f"{args.seeds} seed(s); runs {'one at a time' if args.workers == 1 else f'{args.workers} at a time'}, "
+        f"each with {args.threads} torch thread(s) (wall time per run below is measured under that sharing).",
         "",
         table,
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -81,3 +82,26 @@ def test_bad_worker_count_is_refused(capsys):
     with pytest.raises(SystemExit):
         rl_baselines.main(["--workers", "0"])
     assert "--workers=0 is invalid" in capsys.readouterr().err
+
+
+def test_write_docs_replaces_only_its_own_section(tmp_path, monkeypatch):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# Benchmarks\n\nbefore\n\n{rl_baselines.START}\nold table\n{rl_baselines.END}\n\nafter\n")
+    monkeypatch.setattr(rl_baselines, "DOCS", docs)
+    results = [rl_baselines.RunResult(method, seed, rl_baselines.Evaluation(rate + seed / 100, rate + seed / 100, 9.0),
+                                      steps, 1.0)
+               for seed in range(2)
+               for method, rate, steps in (("random", 0.1, 0), ("oracle", 0.9, 0), ("ppo", 0.5, 128))]
+    rows = rl_baselines.summarise(results, ["random", "oracle", "ppo"])
+    args = argparse.Namespace(steps=128, images=None, num_envs=4, obs_size=64,
+                                                                eval_episodes=8, seeds=2, workers=2, threads=1)
+    rl_baselines.write_docs(rl_baselines.render_table(rows), rows, tmp_path / "figures" / "curves.png", 12.0,
+                            "--steps 128 --workers 2 --write-docs", args)
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    assert "old table" not in text and text.count(rl_baselines.START) == 1
+    assert "`python benchmarks/rl_baselines.py --steps 128 --workers 2 --write-docs`" in text
+    assert "runs 2 at a time, each with 1 torch thread(s)" in text
+    assert "| ppo | 0.505 ± 0.007 |" in text  # mean and sample std of 0.50 and 0.51
+    assert "PPO 50.5% (+40.0 points over random, 50% of the random-to-oracle gap)" in text
+    assert "![success rate during training](figures/curves.png)" in text
