@@ -331,6 +331,16 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
             qualifier = " by more than the seed spread" if seeded else ""
             lines.append(f"Above the random-init encoder on presence mAP{qualifier}: {'; '.join(above) or 'none'}. "
                          f"Not: {'; '.join(not_above) or 'none'}.")
+        if seeded:  # a trained encoder losing to its own initialisation on a probe is worth saying plainly
+            below = {}
+            for key, (label, _) in PROBES.items():
+                worse = [ROWS[name].label for name in table if name != "random-init"
+                         and (d := compare(table, name, "random-init")[key])["beyond_spread"] and not d["better"]]
+                if worse:
+                    below[label] = worse
+            if below:
+                lines.append("Below the random-init encoder by more than the seed spread: "
+                             + "; ".join(f"{label}: {', '.join(rows)}" for label, rows in below.items()) + ".")
     if not seeded and lines:
         lines.append("One seed only: no spread is measured, so no difference here can be told apart from seed noise.")
     return lines
@@ -387,11 +397,14 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
     except ValueError:
         figure_ref = str(figure)
     base = meta["settings"]["config"]
+    invocations = meta["invocations"]  # every command that added runs to the JSON (or only rewrote this section)
+    commands = "; then ".join(f"`{i['command']}` ({i['runs']} runs, wall time {i['wall_seconds']:.0f} s, commit "
+                              f"{i['commit']})" for i in invocations)
+    machines = "; ".join(dict.fromkeys(i["machine"] for i in invocations))
     section = "\n".join([
         START,
-        f"Measured with `{meta['command']}` on {meta['machine']}; commit {meta['commit']}; wall time "
-        f"{meta['wall']:.0f} s ({meta['runs_done']} runs in this invocation; the {meta['runs_total']} runs in the "
-        f"JSON took {meta['run_seconds']:.0f} s of pretraining and probing).",
+        f"Measured with {commands} on {machines}. The {meta['runs_total']} runs in the JSON took "
+        f"{meta['run_seconds']:.0f} s of pretraining and probing.",
         "",
         f"Equal budget for every row: {base['total_steps']} steps x {base['batch_size']} transitions "
         f"({base['total_steps'] * base['batch_size']:,} views) from the same {base['num_transitions']:,} transitions "
@@ -583,8 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       for per_row in runs.values() for r in per_row.values())
     print(f"\nwall time {wall:.0f} s on {machine()}, commit {commit()}; results {args.json}, figure {args.plot}")
     if args.write_docs:
-        meta = {"command": command, "machine": machine(), "commit": commit(), "wall": wall, "settings": wanted,
-                "runs_done": len(todo), "runs_total": sum(len(v) for v in runs.values()), "run_seconds": run_seconds,
+        meta = {"invocations": document["invocations"], "settings": wanted,
+                "runs_total": sum(len(v) for v in runs.values()), "run_seconds": run_seconds,
                 "missing": [ROWS[n].label for n in ROWS if n not in table]}
         write_docs(table_text, lines, meta, args.plot)
         print(f"wrote {DOCS}")

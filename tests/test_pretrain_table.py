@@ -75,3 +75,35 @@ def test_reading_and_table_from_numbers():
     assert any(line.startswith("AB-SimCLR with gamma 0 vs") and "within the seed spread" in line for line in lines)
     text = pretrain_table.render_table(table)
     assert "| SimCLR | 3 | 0.300 ± 0.010 |" in text
+
+
+def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp_path, monkeypatch):
+    def entry(box, std=0.005):
+        return {"n": 3, "train_seconds": 1.0, **{k: ((box, std) if k == "box_top1" else (0.5, std))
+                                                 for k in pretrain_table.PROBES}}
+
+    table = {"random-init": entry(0.35), "simclr": entry(0.32), "labels": entry(0.37), "dino": entry(0.345)}
+    lines = pretrain_table.reading(table)
+    # 0.32 is 0.03 below 0.35, beyond the spread (hypot(0.005, 0.005) = 0.007); 0.345 is within it.
+    assert "Below the random-init encoder by more than the seed spread: box top-1: SimCLR." in lines
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# Benchmarks\n\n{pretrain_table.START}\nold\n{pretrain_table.END}\ntail\n")
+    monkeypatch.setattr(pretrain_table, "DOCS", docs)
+    config = {"total_steps": 200, "batch_size": 64, "num_transitions": 16384, "encoder_depth": 4, "encoder_dim": 128,
+              "encoder": "vit_tiny", "obs_size": 64, "lr": 0.002, "warmup_steps": 50, "gamma": 0.5, "backup": "max"}
+    machine = "AMD EPYC, 2 cores"
+    meta = {"invocations": [{"command": "python benchmarks/pretrain_table.py --write-docs", "runs": 39,
+                             "wall_seconds": 3727.6, "commit": "be94cb0", "machine": machine},
+                            {"command": "python benchmarks/pretrain_table.py --resume-json r.json --write-docs",
+                             "runs": 0, "wall_seconds": 2.2, "commit": "abc1234", "machine": machine}],
+            "settings": {"config": config, "probe_val_images": None, "probe_train_images": 2000},
+            "runs_total": 39, "run_seconds": 3690.0, "missing": []}
+    pretrain_table.write_docs(pretrain_table.render_table(table), lines, meta, tmp_path / "figure.png")
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\n") and text.endswith(f"{pretrain_table.END}\ntail\n") and "old" not in text
+    assert ("Measured with `python benchmarks/pretrain_table.py --write-docs` (39 runs, wall time 3728 s, commit "
+            "be94cb0); then `python benchmarks/pretrain_table.py --resume-json r.json --write-docs` (0 runs, wall "
+            "time 2 s, commit abc1234) on AMD EPYC, 2 cores. The 39 runs in the JSON took 3690 s") in text
+    assert "200 steps x 64 transitions (12,800 views)" in text
+    assert "- Below the random-init encoder by more than the seed spread: box top-1: SimCLR." in text
