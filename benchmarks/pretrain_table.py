@@ -413,7 +413,7 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
         f"{base['backup']} backup unless the row says otherwise. Probes on the Shapes val split "
         f"({meta['settings']['probe_val_images'] or 'all'} images), fitted on "
         f"{meta['settings']['probe_train_images']} train images; mean ± sample std over seeds; higher is better "
-        "except count MAE. Raw per-seed results: the JSON written by the run.",
+        f"except count MAE. Raw per-seed results: `{meta['json']}`.",
         "",
         table_text,
         "",
@@ -596,7 +596,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       for per_row in runs.values() for r in per_row.values())
     print(f"\nwall time {wall:.0f} s on {machine()}, commit {commit()}; results {args.json}, figure {args.plot}")
     if args.write_docs:
-        meta = {"invocations": document["invocations"], "settings": wanted,
+        try:
+            json_path = args.json.resolve().relative_to(ROOT).as_posix()
+        except ValueError:
+            json_path = str(args.json)
+        meta = {"invocations": document["invocations"], "settings": wanted, "json": json_path,
                 "runs_total": sum(len(v) for v in runs.values()), "run_seconds": run_seconds,
                 "missing": [ROWS[n].label for n in ROWS if n not in table]}
         write_docs(table_text, lines, meta, args.plot)

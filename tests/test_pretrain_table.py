@@ -98,7 +98,7 @@ def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp
                             {"command": "python benchmarks/pretrain_table.py --resume-json r.json --write-docs",
                              "runs": 0, "wall_seconds": 2.2, "commit": "abc1234", "machine": machine}],
             "settings": {"config": config, "probe_val_images": None, "probe_train_images": 2000},
-            "runs_total": 39, "run_seconds": 3690.0, "missing": []}
+            "runs_total": 39, "run_seconds": 3690.0, "missing": [], "json": "docs/results/pretrain_table.json"}
     pretrain_table.write_docs(pretrain_table.render_table(table), lines, meta, tmp_path / "figure.png")
     text = docs.read_text()
     assert text.startswith("# Benchmarks\n\n") and text.endswith(f"{pretrain_table.END}\ntail\n") and "old" not in text
@@ -106,4 +106,5 @@ def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp
             "be94cb0); then `python benchmarks/pretrain_table.py --resume-json r.json --write-docs` (0 runs, wall "
             "time 2 s, commit abc1234) on AMD EPYC, 2 cores. The 39 runs in the JSON took 3690 s") in text
     assert "200 steps x 64 transitions (12,800 views)" in text
+    assert "Raw per-seed results: `docs/results/pretrain_table.json`." in text
     assert "- Below the random-init encoder by more than the seed spread: box top-1: SimCLR." in text
