@@ -296,16 +296,24 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     seeded = min((e["n"] for e in table.values()), default=0) > 1
     not_better: dict[str, list[str]] = {key: [] for key in PROBES}
-    compared = []
+    compared, diffs = [], []
     for source, base, boot in PAIRS:
         if base in table and boot in table:
             diff = compare(table, boot, base)
             lines.append(_sentence(ROWS[boot].label, ROWS[base].label, diff, seeded))
             compared.append(source)
+            diffs += diff.values()
             for key, d in diff.items():
                 if not d["better"]:
                     not_better[key].append(source)
     if compared:
+        text = (f"Over all {len(diffs)} (source, probe) pairs, the bootstrapped row is better than its base in "
+                f"{sum(d['better'] for d in diffs)}")
+        if seeded:
+            beyond = [d["better"] for d in diffs if d["beyond_spread"]]
+            text += (f"; the difference exceeds the seed spread in {sum(beyond)} in its favour and "
+                     f"{len(beyond) - sum(beyond)} against it")
+        lines.insert(0, text + ".")
         wins = [s for s in compared if s not in not_better["presence_map"]]
         text = (f"On presence mAP the bootstrapped row is above its base for {len(wins)} of {len(compared)} sources "
                 f"({', '.join(wins) or 'none'})")
@@ -332,15 +340,12 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
             lines.append(f"Above the random-init encoder on presence mAP{qualifier}: {'; '.join(above) or 'none'}. "
                          f"Not: {'; '.join(not_above) or 'none'}.")
         if seeded:  # a trained encoder losing to its own initialisation on a probe is worth saying plainly
-            below = {}
             for key, (label, _) in PROBES.items():
                 worse = [ROWS[name].label for name in table if name != "random-init"
                          and (d := compare(table, name, "random-init")[key])["beyond_spread"] and not d["better"]]
                 if worse:
-                    below[label] = worse
-            if below:
-                lines.append("Below the random-init encoder by more than the seed spread: "
-                             + "; ".join(f"{label}: {', '.join(rows)}" for label, rows in below.items()) + ".")
+                    lines.append(f"Below the random-init encoder on {label} by more than the seed spread: "
+                                 f"{'; '.join(worse)}.")
     if not seeded and lines:
         lines.append("One seed only: no spread is measured, so no difference here can be told apart from seed noise.")
     return lines

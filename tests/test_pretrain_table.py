@@ -70,6 +70,10 @@ def test_reading_and_table_from_numbers():
                for line in lines)
     assert ("On presence mAP the bootstrapped row is above its base for 1 of 2 sources (labels) and not for "
             "SimCLR.") in lines
+    # 10 (source, probe) pairs: only labels' presence is better (equal means are not); SimCLR's presence is worse
+    # by 0.05 and labels' better by 0.10, both beyond hypot(0.01, 0.01).
+    assert lines[0] == ("Over all 10 (source, probe) pairs, the bootstrapped row is better than its base in 1; the "
+                        "difference exceeds the seed spread in 1 in its favour and 1 against it.")
     assert any(line.startswith("Where bootstrapping does not beat its base") and "presence mAP: SimCLR;" in line
                and "box top-1: SimCLR, labels;" in line for line in lines)  # equal means are not better
     assert any(line.startswith("AB-SimCLR with gamma 0 vs") and "within the seed spread" in line for line in lines)
@@ -85,7 +89,7 @@ def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp
     table = {"random-init": entry(0.35), "simclr": entry(0.32), "labels": entry(0.37), "dino": entry(0.345)}
     lines = pretrain_table.reading(table)
     # 0.32 is 0.03 below 0.35, beyond the spread (hypot(0.005, 0.005) = 0.007); 0.345 is within it.
-    assert "Below the random-init encoder by more than the seed spread: box top-1: SimCLR." in lines
+    assert "Below the random-init encoder on box top-1 by more than the seed spread: SimCLR." in lines
 
     docs = tmp_path / "benchmarks.md"
     docs.write_text(f"# Benchmarks\n\n{pretrain_table.START}\nold\n{pretrain_table.END}\ntail\n")
@@ -107,4 +111,4 @@ def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp
             "time 2 s, commit abc1234) on AMD EPYC, 2 cores. The 39 runs in the JSON took 3690 s") in text
     assert "200 steps x 64 transitions (12,800 views)" in text
     assert "Raw per-seed results: `docs/results/pretrain_table.json`." in text
-    assert "- Below the random-init encoder by more than the seed spread: box top-1: SimCLR." in text
+    assert "- Below the random-init encoder on box top-1 by more than the seed spread: SimCLR." in text
