@@ -392,6 +392,14 @@ def plot(results: list[RunResult], rows: list[dict], path: Path, title: str) -> 
     plt.close(figure)
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it, else as given."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def write_docs(table: str, rows: list[dict], plot_path: Path, wall: float, arguments: str,
                args: argparse.Namespace) -> None:
     command = f"python benchmarks/rl_baselines.py {arguments}".strip()
@@ -403,7 +411,8 @@ def write_docs(table: str, rows: list[dict], plot_path: Path, wall: float, argum
         f"{args.steps:,} training steps per run on {images} train images, {args.num_envs} environments, "
         f"{args.obs_size}-px views; {args.eval_episodes} val episodes per evaluation; mean ± sample std over "
         f"{args.seeds} seed(s); runs {'one at a time' if args.workers == 1 else f'{args.workers} at a time'}, "
-        f"each with {args.threads} torch thread(s) (wall time per run below is measured under that sharing).",
+        f"each with {args.threads} torch thread(s) (wall time per run below is measured under that sharing)."
+        + (f" Raw per-run results and learning curves: `{_relative(args.json)}`." if args.json is not None else ""),
         "",
         table,
         "",

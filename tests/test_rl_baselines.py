@@ -93,8 +93,8 @@ def test_write_docs_replaces_only_its_own_section(tmp_path, monkeypatch):
                for seed in range(2)
                for method, rate, steps in (("random", 0.1, 0), ("oracle", 0.9, 0), ("ppo", 0.5, 128))]
     rows = rl_baselines.summarise(results, ["random", "oracle", "ppo"])
-    args = argparse.Namespace(steps=128, images=None, num_envs=4, obs_size=64,
-                                                                eval_episodes=8, seeds=2, workers=2, threads=1)
+    args = argparse.Namespace(steps=128, images=None, num_envs=4, obs_size=64, eval_episodes=8, seeds=2, workers=2,
+                              threads=1, json=rl_baselines.ROOT / "docs" / "results" / "rl.json")
     rl_baselines.write_docs(rl_baselines.render_table(rows), rows, tmp_path / "figures" / "curves.png", 12.0,
                             "--steps 128 --workers 2 --write-docs", args)
     text = docs.read_text()
@@ -102,6 +102,7 @@ def test_write_docs_replaces_only_its_own_section(tmp_path, monkeypatch):
     assert "old table" not in text and text.count(rl_baselines.START) == 1
     assert "`python benchmarks/rl_baselines.py --steps 128 --workers 2 --write-docs`" in text
     assert "runs 2 at a time, each with 1 torch thread(s)" in text
+    assert "Raw per-run results and learning curves: `docs/results/rl.json`." in text
     assert "| ppo | 0.505 ± 0.007 |" in text  # mean and sample std of 0.50 and 0.51
     assert "PPO 50.5% (+40.0 points over random, 50% of the random-to-oracle gap)" in text
     assert "![success rate during training](figures/curves.png)" in text
