@@ -47,6 +47,8 @@ class Encoded:
         captions: ``int64 [B, T]`` caption tokens, when the source uses them.
         same_image: ``bool [B, B]`` whether samples ``i`` and ``j`` show the same image.
         annotation: ``float32 [B, A + 1]`` label distribution of the views, for ``labels``.
+        text: The text tower that embedded ``captions`` and its ``float32 [B, text_dim]`` output, kept so that
+            ``psi`` and ``psi_ab`` of one network share one pass of the tower (filled by :class:`CaptionSource`).
     """
 
     phi: torch.Tensor
@@ -55,6 +57,7 @@ class Encoded:
     captions: torch.Tensor | None = None
     same_image: torch.Tensor | None = None
     annotation: torch.Tensor | None = None
+    text: tuple[nn.Module, torch.Tensor] | None = None
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -198,11 +201,17 @@ class CaptionSource(AnnotationSource):
         self.temperature = Temperature()
         self.value_temperature = Temperature()
 
+    def text_features(self, enc: Encoded) -> torch.Tensor:
+        """``float32 [B, text_dim]``: this source's text tower on ``enc.captions``, computed once per ``enc``."""
+        if enc.text is None or enc.text[0] is not self.text:
+            enc.text = (self.text, self.text(enc.captions))
+        return enc.text[1]
+
     def psi(self, enc: Encoded) -> torch.Tensor:
-        return self.text_head(self.text(enc.captions))
+        return self.text_head(self.text_features(enc))
 
     def psi_ab(self, enc: Encoded) -> torch.Tensor:
-        return self.text_head_ab(self.text(enc.captions))
+        return self.text_head_ab(self.text_features(enc))
 
     def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
         return symmetric_info_nce(self.logits(online.phi, self.psi(online)), online.same_image)  # images vs captions

@@ -130,3 +130,48 @@ def test_next_actions_follow_the_environment_ranges():
     assert width.min() >= 1 / 1.5 / 1.5**0.5 - 1e-5 and width.max() <= 1.5 * 1.5**0.5 + 1e-5
     assert set(aug[..., 0].unique().tolist()) == {0.0, 1.0}  # flip drawn
     assert (aug[..., 1:] == torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])).all()  # the others at identity
+
+
+def test_caption_source_runs_the_text_tower_once_per_network_and_step(monkeypatch):
+    from agents.config import PretrainConfig
+    from agents.models import CaptionTokenizer
+    from agents.pretrain import build_network
+    from agents.sources import CaptionSource
+
+    captions = ["a red circle left of a blue square", "two green triangles", "a yellow star above a red square"]
+    tokenizer = CaptionTokenizer.build(captions)
+    config = PretrainConfig(annotations="captions", encoder_depth=1, encoder_dim=64, obs_size=32, embed_dim=32,
+                            value_depth=1)
+    torch.manual_seed(0)
+    online = build_network(config, num_categories=30, tokenizer=tokenizer)
+    target = copy.deepcopy(online)
+    g = torch.Generator().manual_seed(1)
+    batch = {"view": torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=g),
+             "next_view": torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=g),
+             "rel_box": torch.tensor([[0.1, 0.1, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5], [0.2, 0.3, 1.2, 1.1]]),
+             "next_aug": torch.zeros(3, 7), "image_index": torch.tensor([0, 1, 2]),
+             "captions": tokenizer.encode(captions, max_len=16)}
+
+    def loss_and_grads():
+        online.zero_grad()
+        loss, _ = gvf.gvf_loss(online, target, batch, gamma=0.5, backup="max", bootstrap_weight=1.0,
+                               num_next_actions=4, augmentations=("flip",), generator=torch.Generator().manual_seed(2))
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in online.parameters() if p.grad is not None]
+
+    calls = []
+    hooks = [net.source.text.register_forward_hook(lambda *_: calls.append(1)) for net in (online, target)]
+    cached_loss, cached_grads = loss_and_grads()
+    assert len(calls) == 2  # psi and psi_ab share one pass per network: online (x) and target (x')
+
+    # Reference: the tower run afresh for every embedding (no cache) gives the same loss and gradients.
+    monkeypatch.setattr(CaptionSource, "text_features", lambda self, enc: self.text(enc.captions))
+    calls.clear()
+    fresh_loss, fresh_grads = loss_and_grads()
+    assert len(calls) == 4
+    torch.testing.assert_close(cached_loss, fresh_loss)
+    assert len(cached_grads) == len(fresh_grads)
+    for a, b in zip(cached_grads, fresh_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for hook in hooks:
+        hook.remove()
