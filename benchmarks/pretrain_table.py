@@ -31,7 +31,7 @@ run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pa
 grouped bars (``--plot``); with ``--write-docs``, the section of docs/benchmarks.md between the pretrain_table
 markers.
 
-    python benchmarks/pretrain_table.py --write-docs     # 13 rows x 3 seeds, 200 steps: about 75 min on 2 idle cores
+    python benchmarks/pretrain_table.py --write-docs     # 13 rows x 3 seeds, 200 steps: 62 min on 2 idle cores
     python benchmarks/pretrain_table.py --quick          # 5 rows, 1 seed, 40 steps, small probes: about 2 min
     python benchmarks/pretrain_table.py --resume-json runs/pretrain_table.json --write-docs   # continue a run
 """

@@ -21,15 +21,14 @@ contributing a fixed quota of episodes (so short, successful episodes are not ov
 evaluate every agent at ``--curve-points`` points during training. ``--write-docs`` replaces this benchmark's
 section of docs/benchmarks.md.
 
-    python benchmarks/rl_baselines.py              # the full run: 3 x 3 runs of 400k steps (about 65 minutes)
+    python benchmarks/rl_baselines.py --workers 2  # the full run: 3 x 3 runs of 400k steps (27 min on 2 cores)
     python benchmarks/rl_baselines.py --quick      # 3 x 3 runs of 16k steps on 2,000 images (about 3 minutes)
-    python benchmarks/rl_baselines.py --workers 2  # the same runs, two at a time in separate processes
 
-Measured on 2 shared cores (1 torch thread, 16 environments, 64-px views), training with evaluations costs about
-1.1 s per 1,000 steps for PPO, 0.6 s for A2C and 1.6 s for DQN, so the full run takes about 3 x 400 x 3.3 s in one
-process. Every run is independent and uses one core, so ``--workers`` set to the number of idle cores divides the
-wall time by about that number (each worker holds its own copy of the image banks, about 0.5 GB at the defaults).
-The results do not depend on ``--workers``: a run depends only on its method and seed.
+Every run is independent and uses one core (one torch thread), so ``--workers`` set to the number of idle cores
+divides the wall time by about that number; each worker holds its own copy of the image banks (about 0.5 GB at the
+defaults). The results do not depend on ``--workers``: a run depends only on its method and seed. Measured in the
+full run on 2 cores with ``--workers 2`` (16 environments, 64-px views, evaluations included): about 0.9 s per 1,000
+steps for PPO, 0.4 s for A2C and 1.4 s for DQN, 1,613 s in all; in one process it takes about twice as long.
 """
 
 from __future__ import annotations
