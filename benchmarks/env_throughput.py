@@ -70,6 +70,14 @@ def machine() -> str:
             f"Python {platform.python_version()}{gpu}")
 
 
+def relative(path: Path, start: Path = ROOT) -> str:
+    """``path`` relative to ``start`` (POSIX separators) when it lies inside it, else as given: for links in docs."""
+    try:
+        return Path(path).resolve().relative_to(start.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def commit() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,

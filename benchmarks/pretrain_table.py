@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from env_throughput import commit, machine  # noqa: E402
+from env_throughput import commit, machine, relative  # noqa: E402
 
 from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_encoder  # noqa: E402
 from agents.config import PretrainConfig  # noqa: E402
@@ -397,10 +397,7 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: Path) -> None:
-    try:
-        figure_ref = figure.resolve().relative_to(DOCS.parent.resolve()).as_posix()
-    except ValueError:
-        figure_ref = str(figure)
+    figure_ref = relative(figure, DOCS.parent)
     base = meta["settings"]["config"]
     invocations = meta["invocations"]  # every command that added runs to the JSON (or only rewrote this section)
     commands = "; then ".join(f"`{i['command']}` ({i['runs']} runs, wall time {i['wall_seconds']:.0f} s, commit "
@@ -601,11 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       for per_row in runs.values() for r in per_row.values())
     print(f"\nwall time {wall:.0f} s on {machine()}, commit {commit()}; results {args.json}, figure {args.plot}")
     if args.write_docs:
-        try:
-            json_path = args.json.resolve().relative_to(ROOT).as_posix()
-        except ValueError:
-            json_path = str(args.json)
-        meta = {"invocations": document["invocations"], "settings": wanted, "json": json_path,
+        meta = {"invocations": document["invocations"], "settings": wanted, "json": relative(args.json),
                 "runs_total": sum(len(v) for v in runs.values()), "run_seconds": run_seconds,
                 "missing": [ROWS[n].label for n in ROWS if n not in table]}
         write_docs(table_text, lines, meta, args.plot)

@@ -51,7 +51,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from env_throughput import DOCS, ROOT, commit, machine  # noqa: E402
+from env_throughput import DOCS, ROOT, commit, machine, relative  # noqa: E402
 
 from view_env import core  # noqa: E402
 from view_env.data import ImageBank, ShapesDataset  # noqa: E402
@@ -391,14 +391,6 @@ def plot(results: list[RunResult], rows: list[dict], path: Path, title: str) -> 
     plt.close(figure)
 
 
-def _relative(path: Path) -> str:
-    """``path`` relative to the repository root when it lies inside it, else as given."""
-    try:
-        return path.resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def write_docs(table: str, rows: list[dict], plot_path: Path, wall: float, arguments: str,
                args: argparse.Namespace) -> None:
     command = f"python benchmarks/rl_baselines.py {arguments}".strip()
@@ -411,7 +403,7 @@ def write_docs(table: str, rows: list[dict], plot_path: Path, wall: float, argum
         f"{args.obs_size}-px views; {args.eval_episodes} val episodes per evaluation; mean ± sample std over "
         f"{args.seeds} seed(s); runs {'one at a time' if args.workers == 1 else f'{args.workers} at a time'}, "
         f"each with {args.threads} torch thread(s) (wall time per run below is measured under that sharing)."
-        + (f" Raw per-run results and learning curves: `{_relative(args.json)}`." if args.json is not None else ""),
+        + (f" Raw per-run results and learning curves: `{relative(args.json)}`." if args.json is not None else ""),
         "",
         table,
         "",
