@@ -214,15 +214,21 @@ PRESETS: dict[str, Preset] = {
     ),
     "shapes-views-cpu": Preset(
         {"annotations": "views"},
-        "AB-SimCLR on Shapes at the CPU scale. Command: python -m agents.pretrain --preset shapes-views-cpu",
+        "AB-SimCLR on Shapes at the CPU scale. Command: python -m agents.pretrain --preset shapes-views-cpu\n"
+        "Reaches (Shapes val, measured at commit 634df38 on 2 CPU cores, 7.4 min): presence mAP 0.250, box top-1 "
+        "0.317, k-NN top-1 0.088, count accuracy 0.206 (random init: 0.226, 0.352, 0.058, 0.194).",
     ),
     "shapes-prototypes-cpu": Preset(
         {"annotations": "prototypes"},
-        "AB-DINO on Shapes at the CPU scale. Command: python -m agents.pretrain --preset shapes-prototypes-cpu",
+        "AB-DINO on Shapes at the CPU scale. Command: python -m agents.pretrain --preset shapes-prototypes-cpu\n"
+        "Reaches (Shapes val, measured at commit 634df38 on 2 CPU cores, 5.7 min): presence mAP 0.238, box top-1 "
+        "0.309, k-NN top-1 0.057, count accuracy 0.182 (random init: 0.226, 0.352, 0.058, 0.194).",
     ),
     "shapes-captions-cpu": Preset(
         {"annotations": "captions"},
-        "AB-CLIP on Shapes at the CPU scale. Command: python -m agents.pretrain --preset shapes-captions-cpu",
+        "AB-CLIP on Shapes at the CPU scale. Command: python -m agents.pretrain --preset shapes-captions-cpu\n"
+        "Reaches (Shapes val, measured at commit 634df38 on 2 CPU cores, 8.6 min): presence mAP 0.238, box top-1 "
+        "0.299, k-NN top-1 0.102, count accuracy 0.169 (random init: 0.226, 0.352, 0.058, 0.194).",
     ),
     "coco-views-gpu": Preset(
         {"env": "coco", "annotations": "views", "encoder": "vit_small", "encoder_depth": None, "encoder_dim": None,
