@@ -329,20 +329,20 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
                 lines.append(_sentence(f"AB-SimCLR with {what}", "AB-SimCLR (gamma 0.5, max backup, action tokens)",
                                        compare(table, name, "ab-simclr"), seeded))
     if "random-init" in table:
+        versus_init = {name: compare(table, name, "random-init") for name in table if name != "random-init"}
         above, not_above = [], []
-        for name in table:
-            if name != "random-init":
-                diff = compare(table, name, "random-init")["presence_map"]
-                ok = diff["better"] and (diff["beyond_spread"] or not seeded)
-                (above if ok else not_above).append(ROWS[name].label)
+        for name, diffs_init in versus_init.items():
+            diff = diffs_init["presence_map"]
+            ok = diff["better"] and (diff["beyond_spread"] or not seeded)
+            (above if ok else not_above).append(ROWS[name].label)
         if above or not_above:
             qualifier = " by more than the seed spread" if seeded else ""
             lines.append(f"Above the random-init encoder on presence mAP{qualifier}: {'; '.join(above) or 'none'}. "
                          f"Not: {'; '.join(not_above) or 'none'}.")
         if seeded:  # a trained encoder losing to its own initialisation on a probe is worth saying plainly
             for key, (label, _) in PROBES.items():
-                worse = [ROWS[name].label for name in table if name != "random-init"
-                         and (d := compare(table, name, "random-init")[key])["beyond_spread"] and not d["better"]]
+                worse = [ROWS[name].label for name, d in versus_init.items()
+                         if d[key]["beyond_spread"] and not d[key]["better"]]
                 if worse:
                     lines.append(f"Below the random-init encoder on {label} by more than the seed spread: "
                                  f"{'; '.join(worse)}.")
@@ -536,7 +536,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume_json is not None:
         if not args.resume_json.is_file():
             parser.error(f"--resume-json {args.resume_json} does not exist")
-        previous = json.loads(args.resume_json.read_text())
+        try:
+            previous = json.loads(args.resume_json.read_text())
+            if not isinstance(previous.get("runs"), dict) or not isinstance(previous.get("invocations"), list):
+                raise ValueError("it has no 'runs' object or no 'invocations' list")
+        except (ValueError, AttributeError) as error:
+            parser.error(f"--resume-json {args.resume_json} is not a JSON written by this script ({error}); "
+                         "start a new one with --json")
         if previous.get("settings") != wanted:
             old = previous.get("settings", {})
             differ = sorted({k for k in (*wanted["config"], *old.get("config", {}))

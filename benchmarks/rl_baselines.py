@@ -459,25 +459,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--obs-size={args.obs_size} is too small: NatureCNN needs at least {MIN_OBS_SIZE} pixels")
     if args.images is not None and args.images < 1:
         parser.error(f"--images={args.images} is invalid: expected an integer >= 1")
+    if args.json is not None and args.json.is_dir():
+        parser.error(f"--json {args.json} is a directory: give a file path, e.g. {args.json / 'rl_baselines.json'}")
     torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
     methods = ["random", "oracle", *args.algos]
     jobs = [(method, seed) for seed in range(args.seeds) for method in methods]
     results: list[RunResult] = []
+    order = {job: k for k, job in enumerate(jobs)}
     for result in run_all(jobs, args):
         results.append(result)
+        results.sort(key=lambda r: order[(r.method, r.seed)])
         curve = " ".join(f"{s}:{v:.2f}" for s, v in result.curve)
         print(f"[{len(results)}/{len(jobs)}] {result.method:>6} seed {result.seed}: success "
               f"{result.final.success:.3f}, return {result.final.ret:.3f}, length {result.final.length:.1f}, "
               f"{result.steps:,} steps, {result.wall:.0f} s" + (f"  curve {curve}" if curve else ""), flush=True)
-    order = {job: k for k, job in enumerate(jobs)}
-    results.sort(key=lambda r: order[(r.method, r.seed)])
+        if args.json is not None:  # after every run, so a failed or killed run keeps the finished ones
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"arguments": {k: str(v) if isinstance(v, Path) else v
+                                                           for k, v in vars(args).items()},
+                                             "runs": [asdict(r) for r in results]}, indent=1))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"arguments": {k: str(v) if isinstance(v, Path) else v
-                                                       for k, v in vars(args).items()},
-                                         "runs": [asdict(r) for r in results]}, indent=1))
         print(f"wrote {args.json}")
 
     rows = summarise(results, methods)

@@ -112,3 +112,17 @@ def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp
     assert "200 steps x 64 transitions (12,800 views)" in text
     assert "Raw per-seed results: `docs/results/pretrain_table.json`." in text
     assert "- Below the random-init encoder on box top-1 by more than the seed spread: SimCLR." in text
+
+
+def test_resume_refuses_a_corrupt_json(tiny_shapes, tmp_path, capsys):
+    for text in ("{not json", "[1, 2]", '{"settings": {}}'):
+        results = tmp_path / "table.json"
+        results.write_text(text)
+        try:
+            pretrain_table.main(["--shapes-root", str(tiny_shapes), "--rows", "random-init", "--resume-json",
+                                 str(results), "--out-dir", str(tmp_path / "runs"), *TINY])
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:
+            raise AssertionError(f"a corrupt JSON was resumed: {text}")
+        assert "is not a JSON written by this script" in capsys.readouterr().err

@@ -106,3 +106,9 @@ def test_write_docs_replaces_only_its_own_section(tmp_path, monkeypatch):
     assert "| ppo | 0.505 ± 0.007 |" in text  # mean and sample std of 0.50 and 0.51
     assert "PPO 50.5% (+40.0 points over random, 50% of the random-to-oracle gap)" in text
     assert "![success rate during training](figures/curves.png)" in text
+
+
+def test_json_that_is_a_directory_is_refused_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        rl_baselines.main(["--json", str(tmp_path)])
+    assert f"--json {tmp_path} is a directory" in capsys.readouterr().err
