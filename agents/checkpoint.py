@@ -95,17 +95,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
-class PooledEncoder(nn.Module):
-    """A checkpoint's encoder as probes use it: normalised ``float [B, 3, S, S]`` -> pooled ``float [B, D]``."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        return self.encoder(views).pooled
-
-
 def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, PretrainConfig]:
     """Rebuild the online network a checkpoint describes and load its weights.
 
@@ -127,7 +116,11 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     return network.to(device), config
 
 
-def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[PooledEncoder, PretrainConfig]:
-    """The frozen encoder of a checkpoint (eval mode) and the run's config, for :mod:`agents.probe`."""
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, PretrainConfig]:
+    """The frozen encoder of a checkpoint (eval mode) and the run's config, for :mod:`agents.probe`.
+
+    The encoder maps normalised ``float [B, 3, S, S]`` views to an ``EncoderOutput`` (``tokens [B, T, D]``,
+    ``pooled [B, D]``), as every probe takes it.
+    """
     network, config = load_network(path, device)
-    return PooledEncoder(network.encoder).eval(), config
+    return network.encoder.eval(), config

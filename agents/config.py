@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.gvf import BACKUPS
+from agents.models import ENCODERS
 from agents.sources import SOURCES
+from view_env import AUGMENTATIONS
 
 ENV_NAMES = ("shapes", "coco", "images", "video")
+#: Behaviour policies the pretrainer can collect with (see :mod:`agents.collect`).
+POLICY_NAMES = ("rrc", "uniform")
 
 
 @dataclass
@@ -30,7 +34,7 @@ class PretrainConfig:
         split: Split to pretrain on (``shapes`` and ``coco``); probes use ``val``.
         annotations: Annotation source: ``views`` (SimCLR), ``prototypes`` (DINO), ``captions`` (CLIP) or
             ``labels`` (the environment's annotation vector).
-        encoder: ``vit_tiny``, ``vit_small`` or ``resnet18``.
+        encoder: ``cnn`` (a 4-layer CNN, the CPU recipe), ``vit_tiny``, ``vit_small`` or ``resnet18``.
         encoder_depth: Override of the ViT depth (blocks); ``None`` keeps the preset's.
         encoder_dim: Override of the ViT width; ``None`` keeps the preset's.
         patch_size: ViT patch size; ``None`` fits it to the view size.
@@ -38,34 +42,46 @@ class PretrainConfig:
         obs_size: Side of the views in pixels.
         embed_dim: Width ``d`` of ``phi``, ``psi`` and the value features.
         gamma: Discount of the TD target; 0 is the one-step preprint variant.
-        backup: ``max`` (optimal GVF, as in the paper) or ``mean`` (GVF of the uniform policy).
+        backup: ``max`` (optimal GVF, as in the paper) or ``mean`` (GVF of the candidate-view policy).
         bootstrap_weight: ``lambda``, the weight of the bootstrapping loss; 0 gives the base method.
-        num_next_actions: ``K``, next actions drawn per transition for the backup.
+        num_next_actions: ``K``, candidate next views drawn per transition for the backup.
         action_tokens: Give the value head the action; ``False`` is the "action tokens removed" ablation.
         action_bins: Bins per relative-box coordinate.
         value_depth: Transformer decoder layers of the value head.
-        ema_momentum: Initial EMA momentum of the target network (annealed to 1 by a cosine).
+        value_dim: Width of the value head's decoder.
+        ema_momentum: Initial EMA momentum of the target network (annealed to 1 by a cosine); ``None`` chooses it
+            from the run's length (``agents.gvf.auto_ema_momentum``: 0.996, or less in runs too short for it).
         num_prototypes: Prototypes of the ``prototypes`` source.
         total_steps: Optimiser steps.
         batch_size: Transitions per step (per process).
         lr: Peak AdamW learning rate (cosine schedule after a linear warm-up).
-        weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up steps.
-        num_transitions: Transitions collected into the replay buffer before training (per process).
-        num_envs: Environments collecting them.
-        max_episode_steps: Episode length of the collecting environments (views of one image per episode).
-        augmentations: Augmentation actions of the collecting environments (comma-separated on the command line).
-        max_pan: Largest pan of one continuous action, in view widths.
-        data: A directory of transition shards written by ``python -m agents.collect`` to train from instead of
+        weight_decay: AdamW weight decay (not applied to biases, norms, temperatures, tokens and position
+            embeddings).
+        warmup_steps: Linear warm-up steps; ``None`` is 5% of ``total_steps`` (at least 1).
+        policy: Behaviour policy of the collecting environments: ``rrc`` (the paper's independent
+            RandomResizedCrop views, every ordered pair a transition) or ``uniform`` (a random walk of
+            ``max_episode_steps`` relative moves, consecutive pairs).
+        views: Views per image under ``rrc`` (``V``; ``V (V - 1)`` transitions each).
+        crop_scale: RandomResizedCrop area range (fractions of the image), as ``low,high``; also the range of the
+            backup's candidate next views and the smallest probe crop.
+        crop_ratio: RandomResizedCrop aspect-ratio range, as ``low,high``.
+        buffer_size: Transitions held by the replay ring buffer (per process); memory does not grow beyond it.
+        replay_ratio: Times each transition is sampled on average: after the buffer is first filled,
+            ``batch_size / replay_ratio`` fresh transitions enter it per step.
+        num_envs: Environments collecting (per process), one episode each per round.
+        max_episode_steps: Episode length of the ``uniform`` random walk.
+        augmentations: Augmentations of the collected views (comma-separated on the command line).
+        max_pan: Largest pan of one random-walk move, in view widths.
+        data: A directory of transition shards written by ``python -m agents.collect`` to stream instead of
             collecting.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         seed: Seed of data collection, initialisation and batches.
         out: Output directory (checkpoints, probe results).
         resume: Continue from ``<out>/checkpoint.pt``.
         checkpoint_every: Steps between checkpoints.
-        probe: Run the probes (pretrained and random-init encoder) at the end.
+        probe: Run the probes (pretrained, random-init and colour-grid encoders) at the end.
         probe_train_images: Train-split images used to fit the probes.
-        num_workers: Data-loading threads (0: main thread).
+        num_workers: Processes reading transition shards (``--data``; 0: the main process).
         bf16: bf16 autocast on CUDA (ignored on CPU).
         progress: Show progress bars.
     """
@@ -74,12 +90,12 @@ class PretrainConfig:
     root: str | None = None
     split: str = "train"
     annotations: str = "labels"
-    encoder: str = "vit_tiny"
-    encoder_depth: int | None = 4
-    encoder_dim: int | None = 128
+    encoder: str = "cnn"
+    encoder_depth: int | None = None
+    encoder_dim: int | None = None
     patch_size: int | None = None
     pool: str = "mean"
-    obs_size: int = 64
+    obs_size: int = 32
     embed_dim: int = 128
     gamma: float = 0.5
     backup: str = "max"
@@ -88,17 +104,23 @@ class PretrainConfig:
     action_tokens: bool = True
     action_bins: int = 16
     value_depth: int = 2
-    ema_momentum: float = 0.996
+    value_dim: int = 128
+    ema_momentum: float | None = None
     num_prototypes: int = 256
     total_steps: int = 800
-    batch_size: int = 64
+    batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 50
-    num_transitions: int = 16384
+    warmup_steps: int | None = None
+    policy: str = "rrc"
+    views: int = 4
+    crop_scale: tuple[float, ...] = (0.05, 1.0)
+    crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)
+    buffer_size: int = 8192
+    replay_ratio: float = 2.0
     num_envs: int = 64
     max_episode_steps: int = 16
-    augmentations: tuple[str, ...] = ("flip",)
+    augmentations: tuple[str, ...] = ("flip", "brightness", "contrast", "saturation", "hue")
     max_pan: float = 0.5
     data: str | None = None
     device: str = "cpu"
@@ -120,22 +142,50 @@ class PretrainConfig:
         if isinstance(self.augmentations, str):
             self.augmentations = tuple(a for a in self.augmentations.split(",") if a)
         self.augmentations = tuple(self.augmentations)
+        for name in ("crop_scale", "crop_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    value = tuple(float(v) for v in value.split(","))
+                except ValueError:
+                    raise ValueError(f"--{name.replace('_', '-')} {value!r} is invalid: expected two numbers "
+                                     "'low,high'") from None
+            setattr(self, name, tuple(float(v) for v in value))
         need(self.env in ENV_NAMES, "env", f"one of {ENV_NAMES}")
         need(self.annotations in SOURCES, "annotations", f"one of {SOURCES}")
+        need(self.encoder in ENCODERS, "encoder", f"one of {ENCODERS}")
         need(self.pool in ("mean", "cls"), "pool", "'mean' or 'cls'")
         need(0.0 <= self.gamma < 1.0, "gamma", "a discount in [0, 1)")
         need(self.backup in BACKUPS, "backup", f"one of {BACKUPS}")
         need(self.bootstrap_weight >= 0, "bootstrap_weight", ">= 0")
         for name in ("obs_size", "embed_dim", "num_next_actions", "action_bins", "total_steps", "batch_size",
-                     "num_transitions", "num_envs", "max_episode_steps", "checkpoint_every", "num_prototypes",
-                     "value_depth"):
+                     "buffer_size", "num_envs", "max_episode_steps", "checkpoint_every", "num_prototypes",
+                     "value_depth", "value_dim", "probe_train_images"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
         need(self.batch_size >= 2, "batch_size", "at least 2 (the annotations are the batch)")
-        need(self.num_transitions >= self.batch_size, "num_transitions", f">= batch_size ({self.batch_size})")
-        need(0.0 <= self.ema_momentum <= 1.0, "ema_momentum", "a value in [0, 1]")
-        need(self.lr > 0 and self.weight_decay >= 0 and self.warmup_steps >= 0, "lr", "lr > 0, weight decay and "
-             "warm-up >= 0")
-        need(self.probe_train_images >= 1 and self.num_workers >= 0, "probe_train_images", ">= 1")
+        need(self.buffer_size >= self.batch_size, "buffer_size", f">= batch_size ({self.batch_size})")
+        need(self.replay_ratio > 0, "replay_ratio", "a number > 0 (how many times each transition is sampled)")
+        need(self.policy in POLICY_NAMES, "policy", f"one of {POLICY_NAMES} (a behaviour policy name)")
+        need(isinstance(self.views, int) and self.views >= 2, "views", "an integer >= 2 (a transition needs two "
+             "views of an image)")
+        need(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "crop_scale",
+             "'low,high' area fractions with 0 < low <= high <= 1")
+        need(len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio",
+             "'low,high' aspect ratios with 0 < low <= high")
+        need(self.ema_momentum is None or 0.0 <= self.ema_momentum <= 1.0, "ema_momentum",
+             "a value in [0, 1] or None (chosen from the run's length)")
+        need(self.lr > 0, "lr", "a learning rate > 0")
+        need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        need(self.warmup_steps is None or (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0),
+             "warmup_steps", "an integer >= 0 or None (5% of total_steps)")
+        need(isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers", "an integer >= 0")
+        unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
+        need(not unknown, "augmentations", f"names from {AUGMENTATIONS} (unknown: {unknown})")
+
+    @property
+    def warmup(self) -> int:
+        """The warm-up length in steps: ``warmup_steps``, or 5% of the run (at least 1 step)."""
+        return self.warmup_steps if self.warmup_steps is not None else max(1, round(0.05 * self.total_steps))
 
 
 def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
@@ -147,6 +197,8 @@ def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
         return str, {}
     if "int" in text and "None" in text:
         return lambda v: None if v.lower() == "none" else int(v), {}
+    if "float" in text and "None" in text:
+        return lambda v: None if v.lower() == "none" else float(v), {}
     if "str" in text and "None" in text:
         return lambda v: None if v.lower() == "none" else v, {}
     return {"int": int, "float": float, "str": str}[text], {}

@@ -6,16 +6,20 @@ leading dimension ``B`` (see :func:`transition_fields`):
 - ``view``, ``next_view``: ``uint8 [B, 3, S, S]``, x and x' (x' is the episode's last view where it ended).
 - ``box``, ``next_box``: ``float32 [B, 4]``, their normalised view boxes ``(x0, y0, x1, y1)``.
 - ``aug``, ``next_aug``: ``float32 [B, 7]``, their augmentation states (columns ``view_env.core.AUGMENTATIONS``).
-- ``rel_box``: ``float32 [B, 4]``, ``next_box`` in the frame of ``box`` (:func:`relative_box`): the action.
+- ``rel_box``: ``float32 [B, 4]``, ``next_box`` in the view's own frame, x's flip included
+  (:func:`relative_box`): the geometric part of the action.
 - ``annotation``: ``float32 [B, A]``, the coverage annotation of x' (the environment's labels).
 - ``image_index``, ``next_image_index``: ``int64 [B]``, dataset indices of the images of x and x' (they differ
   only when a video environment's temporal action changed the frame).
-- ``anchor_view``: ``uint8 [B, 3, S, S]``, the first view of x's episode: another view of the same image, the
-  annotation of the ``views`` and ``prototypes`` sources.
+- ``anchor_view``: ``uint8 [B, 3, S, S]``, a third view of x's episode (neither x nor, where the episode has one,
+  x'): another view of the same image, the annotation of the ``views`` and ``prototypes`` sources.
 - ``view_annotation``: ``float32 [B, A]``, the coverage annotation of x (the ``labels`` source's base loss).
+- ``next_image_size``: ``int64 [B, 2]``, ``(height, width)`` in pixels of x''s image, so that the learner can draw
+  legal next views of x' (:func:`view_env.core.initial_boxes` needs the image's aspect).
 
-The learner sees the action only as ``rel_box`` (plus ``next_aug``), whatever action space the behaviour policy used,
-so it never needs to know the policy. A transition never crosses an episode boundary.
+The learner sees the action only as ``rel_box`` plus :func:`relative_aug` of ``aug`` and ``next_aug``, whatever
+action space the behaviour policy used, so it never needs to know the policy. A transition never crosses an episode
+boundary.
 
 :class:`ReplayBuffer` keeps transitions in preallocated tensors on a device. :func:`write_shards` logs them to
 ``.pt`` shard files plus an ``index.json``; :class:`ShardDataset` reads them back with ``weights_only=True``.
@@ -24,7 +28,9 @@ so it never needs to know the policy. A transition never crosses an episode boun
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -32,10 +38,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm import tqdm
 
-from view_env.core import AUGMENTATIONS
+from view_env import AUGMENTATIONS, EnvParams, initial_boxes
 
-#: Version of the shard format written by :func:`write_shards`; readers refuse any other.
-FORMAT_VERSION = 1
+#: Version of the shard format written by :func:`write_shards`; readers refuse any other. Version 2: flip-aware
+#: ``rel_box``, an anchor other than x, ``next_image_size``.
+FORMAT_VERSION = 2
 #: Name of the index file of a shard directory.
 INDEX_NAME = "index.json"
 #: Default number of transitions per shard file (about 100 MB at 64-px views).
@@ -59,6 +66,7 @@ def transition_fields(obs_size: int, num_categories: int) -> dict[str, tuple[tup
         "view": view, "next_view": view, "box": box, "next_box": box, "aug": aug, "next_aug": aug, "rel_box": box,
         "annotation": ((num_categories,), torch.float32), "image_index": index, "next_image_index": index,
         "anchor_view": view, "view_annotation": ((num_categories,), torch.float32),
+        "next_image_size": ((2,), torch.int64),
     }
 
 
@@ -96,15 +104,21 @@ def check_transitions(transitions: Mapping[str, torch.Tensor], obs_size: int, nu
     return int(n or 0)
 
 
-def relative_box(box: torch.Tensor, next_box: torch.Tensor) -> torch.Tensor:
-    """``next_box`` expressed in the frame of ``box``: the relative-box action the learner sees.
+def relative_box(box: torch.Tensor, next_box: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """``next_box`` in the frame of the view ``box`` *as that view shows it*: the relative-box action.
 
-    With ``w = x1 - x0`` and ``h = y1 - y0`` of ``box``, the result is
-    ``((x0' - x0) / w, (y0' - y0) / h, (x1' - x0) / w, (y1' - y0) / h)``; ``box`` itself maps to ``(0, 0, 1, 1)``.
+    With ``w = x1 - x0`` and ``h = y1 - y0`` of ``box``, an unflipped view maps image point ``(u, v)`` to view point
+    ``((u - x0) / w, (v - y0) / h)``; a view that the renderer mirrors left to right (``flip``) maps it to
+    ``(1 - (u - x0) / w, (v - y0) / h)``. The result is the next box's corners in those view coordinates, with
+    ``x0 <= x1``: ``((x0' - x0) / w, (y0' - y0) / h, (x1' - x0) / w, (y1' - y0) / h)`` unflipped and
+    ``(1 - (x1' - x0) / w, (y0' - y0) / h, 1 - (x0' - x0) / w, (y1' - y0) / h)`` flipped. So a box to the right
+    in the image is to the left in a flipped view, as the model sees it; ``box`` itself maps to ``(0, 0, 1, 1)``.
 
     Args:
         box: ``float32 [..., 4]`` normalised boxes ``(x0, y0, x1, y1)`` with positive sides.
         next_box: ``float32 [..., 4]`` boxes in the same image coordinates.
+        flip: ``[...]`` whether each view ``box`` is shown mirrored (bool, or the float flip column of an
+            augmentation state, mirrored above 0.5); ``None``: none is.
 
     Returns:
         ``float32 [..., 4]``.
@@ -112,15 +126,21 @@ def relative_box(box: torch.Tensor, next_box: torch.Tensor) -> torch.Tensor:
     x0, y0, x1, y1 = box.unbind(-1)
     w, h = x1 - x0, y1 - y0
     nx0, ny0, nx1, ny1 = next_box.unbind(-1)
-    return torch.stack([(nx0 - x0) / w, (ny0 - y0) / h, (nx1 - x0) / w, (ny1 - y0) / h], dim=-1)
+    left, right = (nx0 - x0) / w, (nx1 - x0) / w
+    if flip is not None:
+        mirrored = flip > 0.5 if flip.is_floating_point() else flip.bool()
+        left, right = torch.where(mirrored, 1 - right, left), torch.where(mirrored, 1 - left, right)
+    return torch.stack([left, (ny0 - y0) / h, right, (ny1 - y0) / h], dim=-1)
 
 
-def absolute_box(box: torch.Tensor, rel_box: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`relative_box`: the box whose coordinates in the frame of ``box`` are ``rel_box``.
+def absolute_box(box: torch.Tensor, rel_box: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of :func:`relative_box`: the image box whose coordinates in the (possibly mirrored) view ``box`` are
+    ``rel_box``.
 
     Args:
         box: ``float32 [..., 4]`` normalised boxes.
         rel_box: ``float32 [..., 4]`` relative boxes.
+        flip: ``[...]`` whether each view is mirrored, as in :func:`relative_box`.
 
     Returns:
         ``float32 [..., 4]`` normalised boxes.
@@ -128,7 +148,54 @@ def absolute_box(box: torch.Tensor, rel_box: torch.Tensor) -> torch.Tensor:
     x0, y0, x1, y1 = box.unbind(-1)
     w, h = x1 - x0, y1 - y0
     rx0, ry0, rx1, ry1 = rel_box.unbind(-1)
+    if flip is not None:
+        mirrored = flip > 0.5 if flip.is_floating_point() else flip.bool()
+        rx0, rx1 = torch.where(mirrored, 1 - rx1, rx0), torch.where(mirrored, 1 - rx0, rx1)
     return torch.stack([x0 + rx0 * w, y0 + ry0 * h, x0 + rx1 * w, y0 + ry1 * h], dim=-1)
+
+
+def relative_aug(aug: torch.Tensor, next_aug: torch.Tensor) -> torch.Tensor:
+    """The augmentation part of the action: ``next_aug`` with its flip made relative to the current view's.
+
+    Columns as :data:`view_env.AUGMENTATIONS`. The flip column becomes 1 where x' is mirrored with respect to x
+    (exactly one of the two is flipped), since the relative box is already in x's own (possibly mirrored) frame;
+    the colour columns are x''s own parameters, which do not depend on x.
+
+    Args:
+        aug: ``float32 [..., 7]`` augmentation state of x.
+        next_aug: ``float32 [..., 7]`` augmentation state of x'.
+
+    Returns:
+        ``float32 [..., 7]``.
+    """
+    flip = AUGMENTATIONS.index("flip")
+    out = next_aug.clone()
+    out[..., flip] = ((aug[..., flip] > 0.5) != (next_aug[..., flip] > 0.5)).to(next_aug.dtype)
+    return out
+
+
+def random_resized_crops(uniforms: torch.Tensor, image_size: torch.Tensor, params: EnvParams
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent RandomResizedCrop views of images: the boxes and augmentation strengths of absolute actions.
+
+    The box is drawn as the environment draws its first view (:func:`view_env.initial_boxes`: area log-uniform in
+    ``params.init_scale``, pixel aspect log-uniform in ``params.init_aspect``, uniform position, then the legal
+    projection), so every box lies inside its image; each enabled augmentation gets a strength uniform in
+    ``[-1, 1]``.
+
+    Args:
+        uniforms: ``float32 [..., 4 + A]`` uniform draws in ``[0, 1)`` (``A = len(params.augmentations)``).
+        image_size: ``int64 [..., 2]`` ``(height, width)`` of each view's image, same leading shape.
+        params: The environment's parameters.
+
+    Returns:
+        ``float32 [..., 4]`` boxes ``(x0, y0, x1, y1)`` and ``float32 [..., A]`` strengths.
+    """
+    lead = uniforms.shape[:-1]
+    flat = uniforms.reshape(-1, uniforms.shape[-1])
+    sizes = image_size.reshape(-1, 2).to(torch.float32)
+    boxes = initial_boxes(flat[:, :4], sizes[:, 1] / sizes[:, 0], params)
+    return boxes.reshape(*lead, 4), (flat[:, 4:] * 2 - 1).reshape(*lead, -1)
 
 
 def concat_transitions(batches: Iterable[Mapping[str, torch.Tensor]]) -> Transitions:
@@ -391,8 +458,8 @@ class ShardDataset:
 
     Opening reads and checks ``index.json`` and that every listed shard exists; a shard's content is read (with
     ``torch.load(weights_only=True)``) and checked only when needed, so a dataset larger than memory works:
-    :meth:`iter_batches` keeps ``shards_in_memory`` shards resident. :meth:`fill` and :meth:`load_all` read
-    everything.
+    :meth:`stream` reads the shards in written order, one at a time (in worker processes if asked), and never holds
+    more than a few of them in memory.
 
     Raises:
         FileNotFoundError: The index or a shard it lists is missing (the message names the file).
@@ -470,60 +537,134 @@ class ShardDataset:
             raise ShardFormatError(path, f"holds {n} transitions but {self.index_path} lists {self.counts[number]}")
         return transitions
 
-    def load_all(self) -> Transitions:
-        """Every transition, in written order, as one dict of CPU tensors (needs them all in memory)."""
-        return concat_transitions(self.load_shard(i) for i in range(len(self.shard_paths)))
+    def stream(self, start: int = 0, *, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+               loop: bool = True) -> Iterator[Transitions]:
+        """The transitions of this rank's shards in written order, from offset ``start``, as one dict per shard.
 
-    def fill(self, buffer: ReplayBuffer) -> int:
-        """Add every transition to ``buffer`` in written order (a smaller buffer keeps the last ones).
+        Rank ``r`` of ``world_size`` reads the shards ``r, r + world_size, ...`` (disjoint shares); with ``loop``
+        it starts over after the last one, so the stream never ends. Offsets count transitions of this rank's
+        sequence (its shards, looped), so ``stream(n)`` continues exactly where a stream that yielded ``n``
+        transitions stopped. Shards are read by a ``torch.utils.data.DataLoader`` over :class:`ShardStream`, in
+        ``num_workers`` processes (0: this one), in order whatever the worker count.
 
-        Returns:
-            The number of transitions added.
+        Raises:
+            ValueError: A bad offset, rank or worker count, or a rank without shards.
         """
-        if (buffer.obs_size, buffer.num_categories) != (self.obs_size, self.num_categories):
-            raise ValueError(f"the buffer holds obs_size={buffer.obs_size}, num_categories={buffer.num_categories} "
-                             f"but {self.directory} holds obs_size={self.obs_size}, "
-                             f"num_categories={self.num_categories}")
-        for number in range(len(self.shard_paths)):
-            buffer.add(self.load_shard(number))
-        return len(self)
+        dataset = ShardStream(self, start, rank=rank, world_size=world_size, loop=loop)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                                             persistent_workers=False, prefetch_factor=2 if num_workers else None)
+        return iter(loader)
 
-    def iter_batches(self, batch_size: int, generator: torch.Generator | None = None,
-                     device: str | torch.device = "cpu", *, drop_last: bool = False,
-                     shards_in_memory: int = 4) -> Iterator[Transitions]:
-        """One pass over every transition in random order, in batches moved to ``device``.
 
-        Shards are visited in a random order, ``shards_in_memory`` at a time; the rows of those shards (and the
-        previous group's remainder) are shuffled together and cut into batches. Every transition appears exactly
-        once per pass.
+class ShardStream(torch.utils.data.IterableDataset):
+    """An iterable over a :class:`ShardDataset`'s transitions in written order (see :meth:`ShardDataset.stream`).
 
-        Args:
-            batch_size: Transitions per batch ``B``.
-            generator: Source of randomness (any device); ``None`` uses torch's global generator.
-            drop_last: Leave out the final batch when it holds fewer than ``batch_size``.
-            shards_in_memory: Shards resident at a time (more mixes better, costs memory).
+    Each item is the transitions of one shard (the first one cut at ``start``). Under a DataLoader with ``k``
+    workers, worker ``w`` reads the ``w``-th, ``(w + k)``-th, ... shard visits, and the DataLoader returns its
+    workers' items round-robin, so the order is the written order for any ``k``.
+    """
 
-        Yields:
-            Transition dicts with leading dimension ``B``.
-        """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} is invalid: expected an integer >= 1")
-        if not isinstance(shards_in_memory, int) or shards_in_memory < 1:
-            raise ValueError(f"shards_in_memory={shards_in_memory!r} is invalid: expected an integer >= 1")
-        draw_device = generator.device if generator is not None else "cpu"
+    def __init__(self, shards: ShardDataset, start: int = 0, *, rank: int = 0, world_size: int = 1,
+                 loop: bool = True) -> None:
+        super().__init__()
+        if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank!r}, world_size={world_size!r} are invalid: expected 0 <= rank < world_size")
+        if not isinstance(start, int) or start < 0:
+            raise ValueError(f"start={start!r} is invalid: expected an integer offset >= 0")
+        self.shards = shards
+        self.numbers = list(range(rank, len(shards.shard_paths), world_size))
+        if not self.numbers:
+            raise ValueError(f"{shards.directory} holds {len(shards.shard_paths)} shards, too few for rank {rank} of "
+                             f"{world_size}: every rank needs at least one; write more, smaller shards "
+                             "(--shard-size)")
+        self.length = sum(shards.counts[i] for i in self.numbers)  # transitions in one pass of this rank's shards
+        if start >= self.length and not loop:
+            raise ValueError(f"start={start} is past the {self.length} transitions of rank {rank}'s shards")
+        self.start, self.loop = start, loop
 
-        def permutation(n: int) -> torch.Tensor:
-            return torch.randperm(n, generator=generator, device=draw_device).cpu()
+    def _visits(self) -> Iterator[tuple[int, int]]:
+        """``(shard number, first row)`` of every shard visit from ``start`` on, in order."""
+        passes, offset = divmod(self.start, self.length)
+        position = 0
+        while True:
+            for number in self.numbers:
+                count = self.shards.counts[number]
+                if position + count > offset:
+                    yield number, max(0, offset - position)
+                position += count
+            if not self.loop:
+                return
+            passes, offset, position = passes + 1, 0, 0
 
-        order = permutation(len(self.shard_paths)).tolist()
-        leftover: Transitions | None = None
-        for start in range(0, len(order), shards_in_memory):
-            parts = [self.load_shard(i) for i in order[start : start + shards_in_memory]]
-            pool = concat_transitions(([leftover] if leftover is not None else []) + parts)
-            rows = permutation(pool["view"].shape[0])
-            full = len(rows) // batch_size * batch_size
-            for b in range(0, full, batch_size):
-                yield {key: value[rows[b : b + batch_size]].to(device) for key, value in pool.items()}
-            leftover = {key: value[rows[full:]] for key, value in pool.items()}
-        if leftover is not None and leftover["view"].shape[0] and not drop_last:
-            yield {key: value.to(device) for key, value in leftover.items()}
+    def __iter__(self) -> Iterator[Transitions]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for visit, (number, first) in enumerate(self._visits()):
+            if visit % workers == worker:
+                shard = self.shards.load_shard(number)
+                yield shard if first == 0 else {key: value[first:] for key, value in shard.items()}
+
+
+class ReplayFeeder:
+    """Keeps a :class:`ReplayBuffer` fed from an endless stream of transitions at a stated replay ratio.
+
+    The buffer is first filled to capacity ``C``; then, before optimiser step ``s``, the stream has delivered
+    ``C + floor(s * B / R)`` transitions in all (``B`` the batch size, ``R`` the replay ratio). Each transition thus
+    lives ``C * R / B`` steps in the buffer and is sampled ``R`` times on average (``B / C`` per step). Memory is the
+    buffer's, whatever the length of the run.
+
+    The stream is any function ``open(start) -> iterator of transition dicts`` that continues exactly at offset
+    ``start`` of a deterministic sequence (:meth:`ShardDataset.stream`,
+    :meth:`agents.collect.TransitionCollector.stream`). That makes resuming exact: :meth:`resume` replays the last
+    ``C`` transitions before the saved offset into the same buffer rows.
+
+    Args:
+        buffer: The ring buffer (empty).
+        open_stream: Opens the stream at an offset.
+        batch_size: ``B``.
+        replay_ratio: ``R > 0``.
+    """
+
+    def __init__(self, buffer: ReplayBuffer, open_stream: Callable[[int], Iterator[Transitions]], batch_size: int,
+                 replay_ratio: float) -> None:
+        if not replay_ratio > 0:
+            raise ValueError(f"replay_ratio={replay_ratio!r} is invalid: expected a number > 0 (how many times each "
+                             "transition is sampled on average)")
+        self.buffer, self.open_stream = buffer, open_stream
+        self.batch_size, self.replay_ratio = batch_size, float(replay_ratio)
+        self.delivered = 0  # transitions taken from the stream so far
+        self.seconds = 0.0  # time spent collecting and adding them
+        self._stream: Iterator[Transitions] | None = None
+        self._pending: Transitions | None = None  # the unread rest of the stream's last chunk
+
+    def target(self, step: int) -> int:
+        """Transitions the stream must have delivered before optimiser step ``step``."""
+        return self.buffer.capacity + math.floor(step * self.batch_size / self.replay_ratio)
+
+    def resume(self, delivered: int) -> None:
+        """Rebuild the buffer as it was after ``delivered`` transitions (its last ``C`` rows, in the same slots)."""
+        keep = min(delivered, self.buffer.capacity)
+        self.buffer.position, self.buffer.size = (delivered - keep) % self.buffer.capacity, 0
+        self.delivered = delivered - keep
+        self._stream, self._pending = self.open_stream(self.delivered), None
+        self._take(keep)
+
+    def advance(self, step: int) -> int:
+        """Deliver what step ``step`` needs; returns the number of transitions added."""
+        return self._take(self.target(step) - self.delivered)
+
+    def _take(self, count: int) -> int:
+        began = time.perf_counter()
+        if self._stream is None:
+            self._stream = self.open_stream(self.delivered)
+        added = 0
+        while added < count:
+            chunk = self._pending if self._pending is not None else next(self._stream)
+            n = int(chunk["view"].shape[0])
+            take = min(n, count - added)
+            self.buffer.add({key: value[:take] for key, value in chunk.items()})
+            self._pending = {key: value[take:] for key, value in chunk.items()} if take < n else None
+            added += take
+        self.delivered += added
+        self.seconds += time.perf_counter() - began
+        return added

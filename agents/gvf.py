@@ -10,7 +10,8 @@ category labels, see :mod:`agents.sources`) are scored by
     Q(l \mid x, a) = \mathrm{softmax}_l\big(t_{AB}\, \phi_{AB}(x, a)^\top \psi_{AB}(l)\big).
 
 The TD target, from the target network (an EMA of the online network), with ``K`` next actions ``a'_k`` drawn from
-a fixed distribution (uniform over relative boxes; never the logged next action):
+a fixed distribution over legal next views of ``x'`` (independent RandomResizedCrop views of its image, the
+behaviour distribution of the default policy; never the logged next action, see :func:`sample_next_actions`):
 
 .. math::
 
@@ -28,6 +29,10 @@ The loss is the base method's loss plus ``lambda`` times the cross-entropy betwe
     \mathcal{L} = \mathcal{L}_{\mathrm{base}} + \lambda\, \mathrm{CE}\big(y, Q(\cdot \mid x, a)\big)
                = \mathcal{L}_{\mathrm{base}} - \lambda \sum_l y(l) \log Q(l \mid x, a).
 
+An action ``a`` is the next view's box in the current view's own frame, its flip included
+(:func:`agents.data.relative_box`), and the next view's augmentation with its flip relative to the current view's
+(:func:`agents.data.relative_aug`).
+
 Each function below computes one of these pieces; :func:`td_target` is the equation for ``y``,
 :func:`bootstrap_loss` the cross-entropy, :func:`ema_update` and :func:`ema_momentum` the target network.
 """
@@ -40,9 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agents.data import random_resized_crops, relative_aug, relative_box
 from agents.models import ActionTokenizer, EncoderOutput, ProjectionHead, ValueHead
-from agents.sources import AnnotationSource, Encoded, LabelSource, label_distribution
-from view_env.core import AUGMENTATIONS, IDENTITY, strength_to_aug
+from agents.sources import AnnotationSource, Encoded, LabelSource, label_distribution, soft_cross_entropy
+from view_env import AUGMENTATIONS, IDENTITY, EnvParams, augment
 
 BACKUPS = ("max", "mean")
 
@@ -78,13 +84,13 @@ def td_target(p_next: torch.Tensor, q_next: torch.Tensor, gamma: float, backup: 
 
 
 def bootstrap_loss(q_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy ``-sum_l y(l) log Q(l | x, a)``, averaged over the batch.
+    """Cross-entropy ``-sum_l y(l) log Q(l | x, a)``, averaged over the batch (:func:`soft_cross_entropy`).
 
     Args:
         q_logits: ``float32 [B, L]`` logits of ``Q(. | x, a)`` for the logged actions.
         target: ``float32 [B, L]`` the TD target ``y``.
     """
-    return -(target * torch.log_softmax(q_logits, dim=-1)).sum(dim=-1).mean()
+    return soft_cross_entropy(q_logits, target)
 
 
 @torch.no_grad()
@@ -112,54 +118,89 @@ def ema_momentum(step: int, total_steps: int, base: float = 0.996, final: float 
     return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
 
 
+#: The share of the initial weights that :func:`auto_ema_momentum` leaves in the target network at the end of a run.
+EMA_INITIAL_SHARE = 1e-3
+
+
+def auto_ema_momentum(total_steps: int, paper: float = 0.996, initial_share: float = EMA_INITIAL_SHARE) -> float:
+    """The base momentum that lets the target track the online network at a run of ``total_steps`` steps.
+
+    Rule: the paper's 0.996, or less where a run is too short for it: at most the momentum ``m0`` under which the
+    cosine schedule of :func:`ema_momentum` leaves ``initial_share`` (0.1%) of the initial weights in the target at
+    the end. The share is ``prod_t m_t ~ exp(-sum_t (1 - m_t)) = exp(-(1 - m0) T / 2)`` (the cosine averages half of
+    ``1 - m0``), so ``m0 = 1 - 2 ln(1 / initial_share) / T``: 0.983 at 800 steps, 0.996 from about 3,500 steps on.
+    (Momentum 0.996 annealed over 800 steps leaves about 20% of the initial weights.)
+    """
+    if total_steps < 1 or not 0 < initial_share < 1:
+        raise ValueError(f"need total_steps >= 1 and 0 < initial_share < 1, got {total_steps}, {initial_share}")
+    return max(0.0, min(paper, 1 - 2 * math.log(1 / initial_share) / total_steps))
+
+
+@torch.no_grad()
+def target_drift(target: nn.Module, online: nn.Module) -> float:
+    """``||theta_target - theta_online|| / ||theta_online||`` over all parameters: how far the target lags."""
+    online_params = dict(online.named_parameters())
+    diff = sum(float((p - online_params[n]).pow(2).sum()) for n, p in target.named_parameters())
+    norm = sum(float(p.pow(2).sum()) for p in online_params.values())
+    return math.sqrt(diff / max(norm, 1e-12))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The network and the update
 
 
-def sample_next_actions(batch: int, k: int, augmentations: tuple[str, ...], generator: torch.Generator | None,
-                        device: torch.device, max_pan: float = 0.5, max_log_scale: float = math.log(1.5),
-                        max_log_aspect: float = math.log(1.5)) -> tuple[torch.Tensor, torch.Tensor]:
-    """``K`` actions per view from the fixed target distribution: uniform over relative boxes and strengths.
+def sample_next_actions(next_box: torch.Tensor, next_aug: torch.Tensor, next_image_size: torch.Tensor, k: int,
+                        params: EnvParams, generator: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``K`` actions per next view ``x'`` from the fixed target distribution over its *legal* next views.
 
-    The centre moves by ``U(-max_pan, max_pan)`` view widths/heights, the log-scale is ``U(-1, 1) * max_log_scale``
-    and the log-aspect ``U(-1, 1) * max_log_aspect``, as the environment's continuous actions (before the legal-box
-    projection, which needs the image and does not matter to a value query); each enabled augmentation gets a
-    uniform strength through :func:`view_env.core.strength_to_aug`, the others their identity.
+    Each candidate is an independent RandomResizedCrop view of x''s image, drawn exactly as the default behaviour
+    policy draws its views (:func:`view_env.initial_boxes` with ``params.init_scale`` and ``params.init_aspect``,
+    then the legal projection, so every box lies inside the image; each augmentation in ``params.augmentations`` at
+    a uniform strength, the others at their identity), and is expressed as the learner sees actions: the box in
+    x''s own (possibly mirrored) frame and the augmentation with its flip relative to x''s.
+
+    Args:
+        next_box: ``float32 [B, 4]`` x''s box.
+        next_aug: ``float32 [B, 7]`` x''s augmentation state.
+        next_image_size: ``int64 [B, 2]`` ``(height, width)`` of x''s image.
+        k: ``K``.
+        params: The distribution's ranges (``init_scale``, ``init_aspect``, ``min_scale``, ``max_aspect``,
+            ``augmentations``).
+        generator: Source of randomness (on the boxes' device).
 
     Returns:
-        ``float32 [B, K, 4]`` relative boxes and ``float32 [B, K, 7]`` augmentation states.
+        ``float32 [B, K, 4]`` relative boxes, ``float32 [B, K, 7]`` relative augmentations (the value head's
+        queries), and ``float32 [B, K, 4]`` the candidates' boxes in image coordinates.
     """
-    u = torch.rand((batch, k, 4 + len(AUGMENTATIONS)), generator=generator, device=device) * 2 - 1
-    scale = torch.exp(u[..., 2] * max_log_scale)
-    stretch = torch.exp(u[..., 3] * max_log_aspect / 2)
-    w, h = scale * stretch, scale / stretch
-    cx, cy = 0.5 + u[..., 0] * max_pan, 0.5 + u[..., 1] * max_pan
-    rel_box = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-    columns = []
-    for j, name in enumerate(AUGMENTATIONS):
-        if name in augmentations:
-            columns.append(strength_to_aug(name, u[..., 4 + j]))
-        else:
-            columns.append(torch.full_like(u[..., 0], IDENTITY[name]))
-    return rel_box, torch.stack(columns, dim=-1)
+    b = next_box.shape[0]
+    device = next_box.device
+    u = torch.rand((b, k, 4 + len(params.augmentations)), generator=generator, device=device)
+    boxes, strengths = random_resized_crops(u, next_image_size.to(device)[:, None].expand(b, k, 2), params)
+    identity = torch.tensor([IDENTITY[name] for name in AUGMENTATIONS], device=device)
+    augs = augment(identity.expand(b * k, -1), strengths.reshape(b * k, -1), params).view(b, k, -1)  # (B, K, 7)
+    flip = next_aug[:, None, AUGMENTATIONS.index("flip")].expand(b, k)
+    rel_box = relative_box(next_box[:, None].expand(b, k, 4), boxes, flip)  # (B, K, 4) in x''s own frame
+    return rel_box, relative_aug(next_aug[:, None].expand(b, k, -1), augs), boxes
 
 
 class GVFNetwork(nn.Module):
     """Encoder, view projection ``phi``, value head ``phi_AB`` and the annotation source (``psi``, ``psi_AB``).
 
     Views enter as ``uint8 [B, 3, S, S]`` and are scaled to ``[0, 1]`` and normalised with ImageNet statistics
-    inside :meth:`encode`.
+    inside :meth:`encode`. ``value_dim`` is the value head's width (default ``min(encoder.dim, 192)``).
     """
 
     def __init__(self, encoder: nn.Module, source: AnnotationSource, embed_dim: int, action_bins: int = 16,
-                 value_depth: int = 2, action_tokens: bool = True) -> None:
+                 value_depth: int = 2, action_tokens: bool = True, value_dim: int | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.phi_head = ProjectionHead(encoder.dim, embed_dim, normalize=True)
         self.tokenizer = ActionTokenizer(num_bins=action_bins)
         grid = math.isqrt(encoder.num_tokens)
-        self.value_head = ValueHead(encoder.dim, self.tokenizer.vocab_size, embed_dim, dim=min(encoder.dim, 192),
-                                    depth=value_depth, actionless=not action_tokens,
+        self.value_head = ValueHead(encoder.dim, self.tokenizer.vocab_size, embed_dim,
+                                    dim=value_dim or min(encoder.dim, 192), depth=value_depth,
+                                    actionless=not action_tokens,
                                     memory_positions=grid * grid == encoder.num_tokens)
         self.source = source
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
@@ -178,10 +219,10 @@ class GVFNetwork(nn.Module):
         return F.normalize(self.value_head(tokens, self.tokenizer(rel_box, aug)), dim=-1)
 
 
-def _encoded(net: GVFNetwork, out: EncoderOutput, batch: dict[str, torch.Tensor], anchor: EncoderOutput | None,
-             annotation_key: str) -> Encoded:
+def _encoded(net: GVFNetwork, out: EncoderOutput | None, batch: dict[str, torch.Tensor],
+             anchor: EncoderOutput | None, annotation_key: str) -> Encoded:
     source = net.source
-    enc = Encoded(phi=net.phi(out.pooled), captions=batch.get("captions"),
+    enc = Encoded(phi=None if out is None else net.phi(out.pooled), captions=batch.get("captions"),
                   same_image=batch["image_index"][:, None] == batch["image_index"][None, :])
     if anchor is not None:
         enc.anchor, enc.anchor_phi = anchor.pooled, net.phi(anchor.pooled)
@@ -191,54 +232,66 @@ def _encoded(net: GVFNetwork, out: EncoderOutput, batch: dict[str, torch.Tensor]
 
 
 def gvf_loss(online: GVFNetwork, target: GVFNetwork, batch: dict[str, torch.Tensor], gamma: float, backup: str,
-             bootstrap_weight: float, num_next_actions: int, augmentations: tuple[str, ...],
+             bootstrap_weight: float, num_next_actions: int, next_views: EnvParams,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """One step's loss ``L = L_base + lambda * CE(y, Q(. | x, a))``, read top to bottom.
+
+    The target network runs only where a loss reads it: on the anchors for DINO's teacher, and on x' (and, for
+    the ``views`` source, the anchors) for the TD target; a base-method run (``lambda = 0``) of SimCLR, CLIP or
+    labels runs no target-network pass at all.
 
     Args:
         online: The network being trained.
         target: Its EMA copy (no gradient flows into it).
-        batch: Transitions: ``view``, ``next_view`` (``uint8 [B, 3, S, S]``), ``rel_box`` ``[B, 4]``, ``next_aug``
-            ``[B, 7]``, ``image_index`` ``[B]``, and per source ``anchor_view`` (views, prototypes), ``captions``
-            (``int64 [B, T]``), ``view_annotation`` / ``annotation`` (``[B, A]``, labels of ``x`` and ``x'``).
+        batch: Transitions (:mod:`agents.data`): ``view``, ``next_view``, ``anchor_view`` (``uint8 [B, 3, S, S]``),
+            ``rel_box`` ``[B, 4]``, ``aug``, ``next_aug`` ``[B, 7]``, ``next_box`` ``[B, 4]``, ``next_image_size``
+            ``int64 [B, 2]``, ``image_index`` ``[B]``, ``view_annotation`` / ``annotation`` (``[B, A]``, labels of
+            ``x`` and ``x'``), and ``captions`` (``int64 [B, T]``) for the captions source.
         gamma, backup: The TD target's discount and backup.
         bootstrap_weight: ``lambda``; 0 trains the base method alone (and skips the value computation).
         num_next_actions: ``K``.
-        augmentations: The augmentations the next actions may set.
+        next_views: The distribution of the candidate next views (:func:`sample_next_actions`).
         generator: Draws the next actions.
 
     Returns:
-        The loss and a dict of its parts (floats) for logging.
+        The loss and a dict of floats for logging: ``base``, ``loss``, and with bootstrapping ``bootstrap`` (the
+        cross-entropy), ``target_entropy`` (of ``y``) and ``uniform`` (``log L``, the entropy of a uniform target:
+        a ``target_entropy`` close to it means the bootstrapped targets say little).
     """
     source = online.source
-    # Online network on the current views x (and the anchors): phi(x), psi(l), the base loss.
+    bootstrap = bootstrap_weight > 0
+    # Online network on the current views x (and the anchors, when they are the annotations): phi(x), psi(l).
     out_x = online.encode(batch["view"])
     anchor = online.encode(batch["anchor_view"]) if source.uses_anchor else None
     online_enc = _encoded(online, out_x, batch, anchor, "view_annotation")
     with torch.no_grad():
-        # Target network on the next views x' (and the anchors): p_target(l | x') and its annotations.
-        out_next = target.encode(batch["next_view"])
-        target_anchor = target.encode(batch["anchor_view"]) if source.uses_anchor else None
-        next_enc = _encoded(target, out_next, batch, target_anchor, "annotation")
-    base = source.base_loss(online_enc, next_enc)
+        # Target network on the next views x' (for the TD target) and the anchors (DINO's teacher, psi of views).
+        out_next = target.encode(batch["next_view"]) if bootstrap else None
+        reads_anchor = source.teacher_reads_anchor or (bootstrap and source.uses_anchor)
+        target_anchor = target.encode(batch["anchor_view"]) if reads_anchor else None
+        target_enc = _encoded(target, out_next, batch, target_anchor, "annotation")
+    base = source.base_loss(online_enc, target_enc, target.source)
     metrics = {"base": float(base.detach())}
-    if bootstrap_weight == 0:
+    if not bootstrap:
         metrics["loss"] = metrics["base"]
         return base, metrics
 
-    # Q(l | x, a) for the logged relative-box action a: logits [B, L].
-    q_features = online.value(out_x.tokens, batch["rel_box"][:, None], batch["next_aug"][:, None])[:, 0]
+    # Q(l | x, a) for the logged action a (the relative box and augmentation of x'): logits [B, L].
+    action_aug = relative_aug(batch["aug"], batch["next_aug"])
+    q_features = online.value(out_x.tokens, batch["rel_box"][:, None], action_aug[:, None])[:, 0]
     q_logits = source.logits(q_features, source.psi_ab(online_enc), value=True)
     with torch.no_grad():
-        # y = (1 - gamma) p_target(l | x') + gamma B_a' Q_target(l | x', a') over K sampled next actions.
-        p_next = target.source.target_distribution(next_enc, target.source.psi(next_enc))  # (B, L)
-        rel_box, aug = sample_next_actions(len(q_logits), num_next_actions, augmentations, generator,
-                                           q_logits.device)
+        # y = (1 - gamma) p_target(l | x') + gamma B_a' Q_target(l | x', a') over K legal next views of x'.
+        p_next = target.source.target_distribution(target_enc, target.source.psi(target_enc))  # (B, L)
+        rel_box, aug, _ = sample_next_actions(batch["next_box"], batch["next_aug"], batch["next_image_size"],
+                                              num_next_actions, next_views, generator)
         q_next_features = target.value(out_next.tokens, rel_box, aug)  # (B, K, d)
-        q_next = torch.softmax(target.source.logits(q_next_features, target.source.psi_ab(next_enc), value=True),
+        q_next = torch.softmax(target.source.logits(q_next_features, target.source.psi_ab(target_enc), value=True),
                                dim=-1)  # (B, K, L)
         y = td_target(p_next, q_next, gamma, backup)
+        entropy = -(y * y.clamp_min(1e-12).log()).sum(-1).mean()
     boot = bootstrap_loss(q_logits, y)
     loss = base + bootstrap_weight * boot
-    metrics.update(bootstrap=float(boot.detach()), loss=float(loss.detach()))
+    metrics.update(bootstrap=float(boot.detach()), loss=float(loss.detach()), target_entropy=float(entropy),
+                   uniform=math.log(y.shape[-1]))
     return loss, metrics

@@ -1,16 +1,20 @@
 """Pretrain an encoder by annotation bootstrapping: ``python -m agents.pretrain [--preset NAME] [--flags]``.
 
-The data flow is one-way: collect (or load) logged view transitions -> train the GVF (:mod:`agents.gvf`) with an
-EMA target network -> checkpoint -> probe the frozen encoder against a random-init one.
+The data flow is one-way: a stream of view transitions (the vector environment stepped under the behaviour policy,
+or logged shards read in order) -> a bounded replay ring buffer fed at a stated replay ratio -> the GVF update
+(:mod:`agents.gvf`) with an EMA target network -> checkpoint -> probes of the frozen encoder against a random-init
+one and the colour-grid floor. The environment is the data loader: it is stepped while the learner trains, and the
+fraction of step time spent collecting is measured and printed.
 
-    python -m agents.pretrain                                      # the default: labels GVF on Shapes, CPU
+    python -m agents.pretrain                                      # the default recipe on Shapes, CPU
     python -m agents.pretrain --annotations views --gamma 0.9 --out runs/ab-simclr
     python -m agents.pretrain --out runs/ab-simclr --resume        # continue after a kill
     torchrun --nproc_per_node 2 -m agents.pretrain --out runs/ddp  # DDP: gloo on CPU, nccl on GPU
 
-Determinism: the replay buffer is collected from environments seeded by ``(seed, rank)`` and the batch of step
-``s`` is drawn with a generator seeded by ``(seed, rank, s)``, so a run resumed from its checkpoint continues
-exactly as the uninterrupted run would have on CPU.
+Determinism: collection runs in rounds seeded by ``(seed, rank, round)`` and the batch of step ``s`` is drawn with
+a generator seeded by ``(seed, rank, s)``; a checkpoint stores how many transitions the stream has delivered, and
+resuming replays the last ``buffer_size`` of them into the same buffer rows, so a resumed run continues exactly as
+the uninterrupted run would have on CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -34,23 +38,27 @@ from tqdm.auto import tqdm
 
 from agents import gvf
 from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, save_checkpoint
-from agents.collect import TransitionCollector
+from agents.collect import TransitionCollector, rrc_env_kwargs
 from agents.config import PretrainConfig, parse_config
-from agents.data import ReplayBuffer, ShardDataset
+from agents.data import ReplayBuffer, ReplayFeeder, ShardDataset, Transitions
 from agents.models import CaptionTokenizer, build_encoder
 from agents.sources import CaptionSource, LabelSource, PrototypeSource, ViewSource
+from view_env import EnvParams
 from view_env.data import ImageDataset, load_dataset
 from view_env.vector import ViewTransformVectorEnv
 
 #: Fields that define the network: a checkpoint resumes only under the same values.
 MODEL_FIELDS = ("annotations", "encoder", "encoder_depth", "encoder_dim", "patch_size", "pool", "obs_size", "embed_dim",
-                "action_tokens", "action_bins", "value_depth", "num_prototypes")
+                "action_tokens", "action_bins", "value_depth", "value_dim", "num_prototypes")
+#: Fields that define the data stream: a resumed run replays its buffer only under the same values.
+STREAM_FIELDS = ("env", "root", "split", "data", "policy", "views", "crop_scale", "crop_ratio", "num_envs",
+                 "max_episode_steps", "augmentations", "max_pan", "buffer_size", "seed")
 
 
 def build_network(config: PretrainConfig, num_categories: int, tokenizer: CaptionTokenizer | None = None
                   ) -> gvf.GVFNetwork:
     """The online network described by ``config`` (parameters drawn from the current torch seed)."""
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if config.encoder.startswith("vit"):
         overrides = {k: v for k, v in {"depth": config.encoder_depth, "dim": config.encoder_dim}.items()
                      if v is not None}
@@ -70,15 +78,53 @@ def build_network(config: PretrainConfig, num_categories: int, tokenizer: Captio
     else:
         source = LabelSource(num_categories, d)
     return gvf.GVFNetwork(encoder, source, d, action_bins=config.action_bins, value_depth=config.value_depth,
-                          action_tokens=config.action_tokens)
+                          action_tokens=config.action_tokens, value_dim=config.value_dim)
 
 
 def learning_rate(config: PretrainConfig, step: int) -> float:
-    """Linear warm-up to ``lr`` then a cosine decay to 0 at ``total_steps``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.total_steps - config.warmup_steps)
+    """Linear warm-up over ``config.warmup`` steps to ``lr``, then a cosine decay to 0 at ``total_steps``."""
+    warmup = config.warmup
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.total_steps - warmup)
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def ema_base_momentum(config: PretrainConfig) -> float:
+    """The EMA schedule's initial momentum: ``ema_momentum``, or :func:`agents.gvf.auto_ema_momentum` of the run."""
+    return config.ema_momentum if config.ema_momentum is not None else gvf.auto_ema_momentum(config.total_steps)
+
+
+#: Parameter names (suffixes) that never get weight decay, whatever their shape: tokens and position embeddings.
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "action_pos", "readout")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on the weight matrices and kernels (``ndim >= 2``) only; none on biases, norms,
+    temperatures (``ndim < 2``), tokens and position embeddings (:data:`NO_DECAY_NAMES`)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim < 2 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
+        (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def next_view_params(config: PretrainConfig) -> EnvParams:
+    """The distribution of the backup's candidate next views: RandomResizedCrop views in ``crop_scale`` and
+    ``crop_ratio`` with the run's augmentations (the default behaviour policy's own distribution)."""
+    return EnvParams(**{key: value for key, value in collector_env_kwargs(config).items()
+                        if key in ("init_scale", "init_aspect", "min_scale", "max_aspect")},
+                     augmentations=config.augmentations)
+
+
+def collector_env_kwargs(config: PretrainConfig) -> dict[str, Any]:
+    """Environment arguments of the collecting environments for ``config.policy``."""
+    kwargs = rrc_env_kwargs(config.views, tuple(config.crop_scale), tuple(config.crop_ratio), config.augmentations)
+    if config.policy == "uniform":  # the random walk: relative moves from an RRC-drawn first view
+        kwargs.update(action_mode="continuous", max_episode_steps=config.max_episode_steps, max_pan=config.max_pan)
+    return kwargs
 
 
 class _Objective(nn.Module):
@@ -88,12 +134,13 @@ class _Objective(nn.Module):
         super().__init__()
         self.online = online
         self.config = config
+        self.next_views = next_view_params(config)
 
     def forward(self, target: gvf.GVFNetwork, batch: dict[str, torch.Tensor], generator: torch.Generator
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
         return gvf.gvf_loss(self.online, target, batch, c.gamma, c.backup, c.bootstrap_weight, c.num_next_actions,
-                            c.augmentations, generator)
+                            self.next_views, generator)
 
 
 def _distributed() -> tuple[int, int]:
@@ -127,29 +174,30 @@ def _dataset(config: PretrainConfig, split: str) -> ImageDataset:
     return load_dataset(config.env, **kwargs)
 
 
-def collect_buffer(config: PretrainConfig, rank: int, device: torch.device) -> tuple[ReplayBuffer, ImageDataset]:
-    """Fill a replay buffer with ``num_transitions`` transitions: from shards, or by stepping the environment."""
+def open_stream(config: PretrainConfig, rank: int, world: int, device: torch.device
+                ) -> tuple[Callable[[int], Iterator[Transitions]], ImageDataset, int, Callable[[], None]]:
+    """The run's transition stream: logged shards in order (``--data``) or the environment stepped under the policy.
+
+    Returns:
+        ``open(start)`` (see :class:`agents.data.ReplayFeeder`), the image dataset, the category count, and a
+        function that releases the environment.
+    """
     if config.data is not None:
         shards = ShardDataset(config.data)
-        meta = shards.metadata
-        if meta["obs_size"] != config.obs_size:
-            raise ValueError(f"--data {config.data} holds {meta['obs_size']}-px views but --obs-size is "
-                             f"{config.obs_size}")
-        buffer = ReplayBuffer(len(shards), meta["obs_size"], meta["num_categories"], device)
-        shards.fill(buffer)
-        return buffer, _dataset(config, config.split)
+        if shards.obs_size != config.obs_size:
+            raise ValueError(f"--data {config.data} holds {shards.obs_size}-px views but --obs-size is "
+                             f"{config.obs_size}: collect shards at this view size or pass --obs-size "
+                             f"{shards.obs_size}")
+
+        def from_shards(start: int) -> Iterator[Transitions]:
+            return shards.stream(start, rank=rank, world_size=world, num_workers=config.num_workers)
+
+        return from_shards, _dataset(config, config.split), shards.num_categories, lambda: None
     dataset = _dataset(config, config.split)
-    env = ViewTransformVectorEnv(
-        config.num_envs, dataset=dataset, device=device, obs_size=config.obs_size, action_mode="continuous",
-        augmentations=config.augmentations, max_episode_steps=config.max_episode_steps, max_pan=config.max_pan,
-        progress=config.progress,
-    )
-    buffer = ReplayBuffer(config.num_transitions, config.obs_size, env.num_categories, device)
-    steps = math.ceil(config.num_transitions / config.num_envs)
-    collector = TransitionCollector(env, None, seed=config.seed * 1000 + rank)
-    collector.collect(buffer, steps, progress=config.progress and rank == 0)
-    env.close()
-    return buffer, dataset
+    env = ViewTransformVectorEnv(config.num_envs, dataset=dataset, device=device, obs_size=config.obs_size,
+                                 autoreset_mode="disabled", progress=config.progress, **collector_env_kwargs(config))
+    collector = TransitionCollector(env, config.policy, seed=config.seed * 1000 + rank)
+    return collector.stream, dataset, env.num_categories, env.close
 
 
 def _captions(dataset: ImageDataset, index: torch.Tensor, tokenizer: CaptionTokenizer, generator: torch.Generator
@@ -163,8 +211,22 @@ def _captions(dataset: ImageDataset, index: torch.Tensor, tokenizer: CaptionToke
     return tokenizer.encode(texts)
 
 
+def _fill(feeder: ReplayFeeder, resumed_delivered: int | None, progress: bool) -> None:
+    """Fill the buffer before the first step (or rebuild it on resume), with a progress bar."""
+    capacity = feeder.buffer.capacity
+    with tqdm(total=capacity, desc="fill replay buffer", unit="transition", unit_scale=True,
+              disable=not progress) as bar:
+        if resumed_delivered is not None:
+            feeder.resume(resumed_delivered)
+            bar.update(len(feeder.buffer))
+            return
+        chunk = max(1, capacity // 20)
+        while feeder.delivered < capacity:
+            bar.update(feeder._take(min(chunk, capacity - feeder.delivered)))
+
+
 def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
-    """Run (or resume) pretraining; returns a summary (final step, losses, probe results).
+    """Run (or resume) pretraining; returns a summary (final step, losses, timings, probe results).
 
     Args:
         config: The run.
@@ -179,13 +241,16 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
     if config.resume:
         resumed = load_checkpoint(checkpoint_path, map_location=device)
         saved = resumed["config"]
-        changed = [f for f in MODEL_FIELDS if getattr(saved, f) != getattr(config, f)]
-        if changed:
-            raise CheckpointError(f"{checkpoint_path} was written by another model: {changed} differ "
-                                  f"({[getattr(saved, f) for f in changed]} there, "
-                                  f"{[getattr(config, f) for f in changed]} now)")
+        for fields, what in ((MODEL_FIELDS, "model"), (STREAM_FIELDS, "data stream")):
+            changed = [f for f in fields if getattr(saved, f) != getattr(config, f)]
+            if changed:
+                raise CheckpointError(f"{checkpoint_path} was written by another {what}: {changed} differ "
+                                      f"({[getattr(saved, f) for f in changed]} there, "
+                                      f"{[getattr(config, f) for f in changed]} now)")
 
-    buffer, dataset = collect_buffer(config, rank, device)
+    stream, dataset, num_categories, close_stream = open_stream(config, rank, world, device)
+    buffer = ReplayBuffer(config.buffer_size, config.obs_size, num_categories, device)
+    feeder = ReplayFeeder(buffer, stream, config.batch_size, config.replay_ratio)
     tokenizer = None
     if config.annotations == "captions":
         if resumed is not None and "tokenizer" in resumed["extra"]:
@@ -193,15 +258,16 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
         else:
             tokenizer = CaptionTokenizer.build(c for r in dataset.records for c in r.captions)
     torch.manual_seed(config.seed)  # the same initial parameters on every rank
-    online = build_network(config, dataset.num_categories, tokenizer).to(device)
+    online = build_network(config, num_categories, tokenizer).to(device)
     target = copy.deepcopy(online).requires_grad_(False)
-    optimizer = torch.optim.AdamW(online.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(online, config.weight_decay), lr=config.lr)
     start = 0
     if resumed is not None:
         online.load_state_dict(resumed["model"])
         target.load_state_dict(resumed["target"])
         optimizer.load_state_dict(resumed["optimizer"])
         start = resumed["step"]
+    _fill(feeder, resumed["extra"]["delivered"] if resumed is not None else None, config.progress and rank == 0)
     objective: nn.Module = _Objective(online, config)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(
@@ -209,43 +275,68 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
             find_unused_parameters=config.bootstrap_weight == 0)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
                 else nullcontext())
-    extra: dict[str, Any] = {"num_categories": dataset.num_categories}
+    extra: dict[str, Any] = {"num_categories": num_categories}
     if tokenizer is not None:
         extra["tokenizer"] = tokenizer.state_dict()
+    base_momentum = ema_base_momentum(config)
 
     def save(step: int) -> None:
         if rank == 0:
             save_checkpoint(checkpoint_path, config=config, step=step, model=online.state_dict(),
-                            target=target.state_dict(), optimizer=optimizer.state_dict(), extra=extra)
+                            target=target.state_dict(), optimizer=optimizer.state_dict(),
+                            extra={**extra, "delivered": feeder.delivered})
 
     end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=config.total_steps, desc="pretrain", unit="step",
                disable=not (config.progress and rank == 0))
     history: list[dict[str, float]] = []
+    collect_seconds = feeder.seconds
     began = time.perf_counter()
     for step in bar:
+        feeder.advance(step)
         generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + rank * 7919 + step)
         host_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + rank * 7919 + step)
         batch = buffer.sample(config.batch_size, generator)
         if tokenizer is not None:
             batch["captions"] = _captions(dataset, batch["image_index"].cpu(), tokenizer, host_generator).to(device)
+        lr = learning_rate(config, step)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = lr
         with autocast:
             loss, metrics = objective(target, batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        gvf.ema_update(target, online, gvf.ema_momentum(step, config.total_steps, base=config.ema_momentum))
+        momentum = gvf.ema_momentum(step, config.total_steps, base=base_momentum)
+        gvf.ema_update(target, online, momentum)
+        metrics.update(lr=lr, momentum=momentum)
         history.append(metrics)
-        views_per_second = (step + 1 - start) * config.batch_size * world / (time.perf_counter() - began)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", views_s=f"{views_per_second:.0f}", refresh=False)
+        elapsed = time.perf_counter() - began
+        collecting = (feeder.seconds - collect_seconds) / max(elapsed, 1e-9)
+        views_per_second = (step + 1 - start) * config.batch_size * world / max(elapsed, 1e-9)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", views_s=f"{views_per_second:.0f}",
+                        collect=f"{collecting:.0%}", refresh=False)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.total_steps:
             save(step + 1)
     bar.close()
-    summary: dict[str, Any] = {"step": end, "first_loss": history[0]["loss"] if history else None,
-                               "last_loss": history[-1]["loss"] if history else None,
-                               "losses": [m["loss"] for m in history], "config": config_to_dict(config)}
+    close_stream()
+    elapsed = time.perf_counter() - began
+    collect_fraction = (feeder.seconds - collect_seconds) / elapsed if end > start else 0.0
+    summary: dict[str, Any] = {
+        "step": end, "first_loss": history[0]["loss"] if history else None,
+        "last_loss": history[-1]["loss"] if history else None, "losses": [m["loss"] for m in history],
+        "metrics": history, "train_seconds": elapsed, "collect_fraction": collect_fraction,
+        "delivered": feeder.delivered, "ema_base_momentum": base_momentum,
+        "target_drift": gvf.target_drift(target, online), "config": config_to_dict(config),
+    }
+    if rank == 0 and end > start:
+        tail = history[-max(1, len(history) // 10):]
+        parts = [f"{key} {sum(m[key] for m in tail) / len(tail):.3f}"
+                 for key in ("base", "bootstrap", "target_entropy", "uniform") if key in tail[0]]
+        rate = (end - start) * config.batch_size * world / elapsed
+        print(f"trained steps {start}-{end} in {elapsed:.0f} s ({rate:,.0f} transitions/s); collecting took "
+              f"{collect_fraction:.1%} of it; last 10%: {', '.join(parts)}; target drift "
+              f"{summary['target_drift']:.3f} (EMA from {base_momentum:.4f})")
     if world > 1:
         # Every rank must hold the same parameters after each step; check it once at the end.
         checksum = torch.stack([p.detach().double().sum() for p in online.parameters()]).sum().reshape(1)
@@ -253,7 +344,7 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
         dist.all_gather(gathered, checksum)
         summary["rank_checksums"] = [float(c) for c in gathered]
     if end == config.total_steps and config.probe and rank == 0:
-        summary["probes"] = probe_against_random_init(config, online, dataset.num_categories, tokenizer, device)
+        summary["probes"] = probe_against_random_init(config, online, num_categories, tokenizer, device)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -264,8 +355,13 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
 
 def probe_against_random_init(config: PretrainConfig, online: gvf.GVFNetwork, num_categories: int,
                               tokenizer: CaptionTokenizer | None, device: torch.device) -> dict[str, dict[str, float]]:
-    """Run every probe on the pretrained encoder and on a freshly initialised one; print a table, write JSON."""
-    from agents.probe import probe_data, run_probes
+    """Run every probe on the pretrained encoder, on a freshly initialised one and on the colour-grid floor; print
+    the table and write it as JSON to ``<out>/probe.json``.
+
+    The probes fit on ``probe_train_images`` train images and score on the val split; object crops are at least
+    ``crop_scale[0]`` of the image, the smallest view the encoder was trained on.
+    """
+    from agents.probe import format_probe_table, probe_data, probe_encoders
     from view_env.data import ImageBank
 
     if config.env not in ("shapes", "coco"):
@@ -278,18 +374,15 @@ def probe_against_random_init(config: PretrainConfig, online: gvf.GVFNetwork, nu
     bank_train = ImageBank.from_dataset(train_set, canvas_size=canvas, indices=train_indices.tolist(),
                                         progress=False)
     bank_val = ImageBank.from_dataset(val_set, canvas_size=canvas, progress=False)
-    data = probe_data(bank_train, bank_val, config.obs_size, seed=config.seed)
+    data = probe_data(bank_train, bank_val, config.obs_size, seed=config.seed, min_crop_area=config.crop_scale[0])
     torch.manual_seed(config.seed + 1)
     random_net = build_network(config, num_categories, tokenizer).to(device)
-    results = {}
-    for name, net in (("pretrained", online), ("random init", random_net)):
-        encoder = net.encoder.eval()
-        results[name] = run_probes(lambda x, e=encoder: e(x).pooled, data, device=device, progress=config.progress)
-        encoder.train()
-    keys = list(results["pretrained"])
-    print("\nprobe".ljust(22) + "".join(k.rjust(14) for k in keys))
-    for name, scores in results.items():
-        print(name.ljust(21) + "".join(f"{scores[k]:14.3f}" for k in keys))
+    began = time.perf_counter()
+    results = probe_encoders({"pretrained": online.encoder, "random init": random_net.encoder}, data, device=device,
+                             progress=config.progress, seed=config.seed)
+    online.encoder.train()
+    print(f"\nprobes on {config.env} val ({len(data.val)} images, fitted on {len(data.train)} train images; "
+          f"{time.perf_counter() - began:.0f} s):\n{format_probe_table(results, digits=3)}")
     path = Path(config.out) / "probe.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"probe results written to {path}")

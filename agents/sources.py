@@ -12,7 +12,8 @@ source         annotations of a batch            base loss
                sample's image (the anchor)       views of the same image are all positives
 ``prototypes`` ``K`` learned prototypes          DINO-style: the student ``softmax(phi(x) . psi / 0.1)``
                                                  matches the teacher's centred, sharpened
-                                                 ``softmax((phi_t(anchor) . psi_t - c) / 0.04)``
+                                                 ``softmax((phi_t(anchor) . psi_t - c) / 0.04)``, with
+                                                 ``phi_t`` and ``psi_t`` the *target network's*
 ``captions``   one caption of each sample's      CLIP-style InfoNCE between ``phi(x)`` and a text tower
                image                             trained from scratch; captions of the same image positives
 ``labels``     the ``A`` categories and          cross-entropy between ``p(. | x)`` and the environment's
@@ -20,7 +21,8 @@ source         annotations of a batch            base loss
 =============  ===============================  ===========================================================
 
 For ``labels``, ``p_target(l | x')`` is the environment's annotation of ``x'`` itself (the true cumulant); for the
-others it is the target network's own ``p(l | x')``.
+others it is the target network's own ``p(l | x')``. Every ``phi``, ``psi`` and ``psi_AB`` is L2-normalised (as
+CLIP normalises both towers), so ``t * phi . psi`` lies in ``[-t, t]`` and the temperature's clamp bounds the logits.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class Encoded:
     """What a network computed for one batch, shared by the source's functions.
 
     Attributes:
-        phi: ``float32 [B, d]`` normalised view features ``phi(x)`` (or of ``x'`` for the target network).
+        phi: ``float32 [B, d]`` normalised view features ``phi(x)`` (or of ``x'`` for the target network; ``None``
+            where the target network did not encode ``x'``, in a base-method run).
         anchor: ``float32 [B, D]`` pooled encoder features of the anchor views, when the source uses them.
         anchor_phi: ``float32 [B, d]`` their normalised view features ``phi(anchor)``.
         captions: ``int64 [B, T]`` caption tokens, when the source uses them.
@@ -51,7 +54,7 @@ class Encoded:
             ``psi`` and ``psi_ab`` of one network share one pass of the tower (filled by :class:`CaptionSource`).
     """
 
-    phi: torch.Tensor
+    phi: torch.Tensor | None
     anchor: torch.Tensor | None = None
     anchor_phi: torch.Tensor | None = None
     captions: torch.Tensor | None = None
@@ -91,8 +94,11 @@ class AnnotationSource(nn.Module):
     """Base class: subclasses set :attr:`name`, the flags, and implement the four methods."""
 
     name = "source"
-    #: The source needs the anchor views encoded (``Encoded.anchor``).
+    #: The annotations are the anchor views: the online network encodes them (``Encoded.anchor``), and the target
+    #: network too when it computes the TD target.
     uses_anchor = False
+    #: The base loss reads the target network's encoding of the anchors (a teacher, as DINO's).
+    teacher_reads_anchor = False
     #: The source needs caption tokens (``Encoded.captions``).
     uses_captions = False
 
@@ -109,8 +115,14 @@ class AnnotationSource(nn.Module):
         temperature = self.value_temperature() if value else self.temperature()
         return temperature * features @ psi.T
 
-    def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
-        """The base method's loss on the batch (``target`` holds the target network's encodings of the same views)."""
+    def base_loss(self, online: Encoded, target: Encoded, teacher: AnnotationSource) -> torch.Tensor:
+        """The base method's loss on the batch.
+
+        Args:
+            online: The online network's encodings.
+            target: The target network's encodings (its anchors when :attr:`teacher_reads_anchor`).
+            teacher: The target network's source (its heads), for losses with a teacher.
+        """
         raise NotImplementedError
 
     def target_distribution(self, next_target: Encoded, psi: torch.Tensor) -> torch.Tensor:
@@ -135,9 +147,9 @@ class ViewSource(AnnotationSource):
         return enc.anchor_phi
 
     def psi_ab(self, enc: Encoded) -> torch.Tensor:
-        return self.psi_ab_head(enc.anchor)
+        return F.normalize(self.psi_ab_head(enc.anchor), dim=-1)
 
-    def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
+    def base_loss(self, online: Encoded, target: Encoded, teacher: AnnotationSource) -> torch.Tensor:
         return symmetric_info_nce(self.logits(online.phi, self.psi(online)), online.same_image)  # views vs anchors
 
 
@@ -145,7 +157,7 @@ class PrototypeSource(AnnotationSource):
     """Learned prototypes as annotations (AB-DINO): a student/teacher pair with centring and sharpening."""
 
     name = "prototypes"
-    uses_anchor = True
+    teacher_reads_anchor = True
 
     def __init__(self, encoder_dim: int, dim: int, num_prototypes: int = 256, student_temperature: float = 0.1,
                  teacher_temperature: float = 0.04, center_momentum: float = 0.9) -> None:
@@ -174,8 +186,9 @@ class PrototypeSource(AnnotationSource):
         with torch.no_grad():
             return torch.softmax((features @ psi.T - self.center) / self.teacher_temperature, dim=-1)
 
-    def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
-        teacher_logits = target.anchor_phi @ self.psi(target).T  # (B, K): the teacher sees the anchor views
+    def base_loss(self, online: Encoded, target: Encoded, teacher: AnnotationSource) -> torch.Tensor:
+        # The teacher is the target network: its features of the anchor views scored against its prototypes.
+        teacher_logits = target.anchor_phi @ teacher.psi(target).T  # (B, K)
         teacher = torch.softmax((teacher_logits.detach() - self.center) / self.teacher_temperature, dim=-1)
         with torch.no_grad():
             self.center.mul_(self.center_momentum).add_(teacher_logits.mean(dim=0), alpha=1 - self.center_momentum)
@@ -208,12 +221,12 @@ class CaptionSource(AnnotationSource):
         return enc.text[1]
 
     def psi(self, enc: Encoded) -> torch.Tensor:
-        return self.text_head(self.text_features(enc))
+        return F.normalize(self.text_head(self.text_features(enc)), dim=-1)
 
     def psi_ab(self, enc: Encoded) -> torch.Tensor:
-        return self.text_head_ab(self.text_features(enc))
+        return F.normalize(self.text_head_ab(self.text_features(enc)), dim=-1)
 
-    def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
+    def base_loss(self, online: Encoded, target: Encoded, teacher: AnnotationSource) -> torch.Tensor:
         return symmetric_info_nce(self.logits(online.phi, self.psi(online)), online.same_image)  # images vs captions
 
 
@@ -237,7 +250,7 @@ class LabelSource(AnnotationSource):
     def psi_ab(self, enc: Encoded) -> torch.Tensor:
         return F.normalize(self.embedding_ab, dim=-1)
 
-    def base_loss(self, online: Encoded, target: Encoded) -> torch.Tensor:
+    def base_loss(self, online: Encoded, target: Encoded, teacher: AnnotationSource) -> torch.Tensor:
         return soft_cross_entropy(self.logits(online.phi, self.psi(online)), online.annotation)
 
     def target_distribution(self, next_target: Encoded, psi: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,8 @@ GVF, and the ablations of AB-SimCLR, at equal budget, probed with the same froze
 Rows (``--rows`` takes these names, comma-separated):
 
 - ``random-init``: the encoder of the same architecture at its initialisation (probed only, no training);
+- ``colour-grid``: the floor, the mean colour of each cell of a 4 x 4 grid (``agents.probe.ColourGridEncoder``,
+  probed only): what colour and coarse layout alone score;
 - ``simclr`` / ``ab-simclr``: ``annotations="views"``, bootstrap weight 0 / 1;
 - ``dino`` / ``ab-dino``: ``annotations="prototypes"``, 0 / 1;
 - ``clip`` / ``ab-clip``: ``annotations="captions"``, 0 / 1;
@@ -13,26 +15,30 @@ Rows (``--rows`` takes these names, comma-separated):
   (``action_tokens=False``). Gamma 0.5 and the max backup are the ``ab-simclr`` row itself.
 
 Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
-``python -m agents.pretrain``: a 4-block, 128-wide ViT at 64 px, batch 64, 16,384 transitions) with the same
-``total_steps`` (``--steps``), plus the row's few overrides; ``--set FIELD=VALUE`` changes the base of every row. All
-rows of a seed train on the same transitions: they are collected once per seed, exactly as ``agents.pretrain`` would
-collect them for that seed, written as shards under ``--out-dir`` and read back with ``--data`` (deleted once the
-seed's rows are done). The budget is equal in optimiser steps and views, not in compute: a base method skips the value
-head and so runs faster per step.
+``python -m agents.pretrain``, the CPU recipe) with the same ``total_steps`` (``--steps``), plus the row's few
+overrides; ``--set FIELD=VALUE`` changes the base of every row. All rows of a seed train on the same transitions:
+each run streams them from the environment while it trains, and the stream is a pure function of the seed (rounds
+seeded by ``(seed, round)``, the same replay ratio and batch), so every row sees exactly the same views. The budget
+is equal in optimiser steps and views, not in compute: a base method skips the value head and so runs faster per
+step.
 
 Probes: the same as ``agents.pretrain --probe`` (``agents.probe.run_probes``: presence mAP, box top-1, k-NN top-1,
-count accuracy and MAE) on the same images (``--probe-train-images`` train images drawn with the seed, the whole val
+count accuracy and MAE, and the attentive probes' box top-1 and presence mAP) on the same images
+(``--probe-train-images`` train images drawn with the seed, the whole val
 split unless ``--probe-val-images``). Each trained row probes only its pretrained encoder (from its checkpoint); the
-random-init encoder is probed once per seed (it is the same for every row: the encoder is built first from the torch
-seed ``seed + 1``, as in ``agents.pretrain``). The table gives the mean and the sample standard deviation over seeds.
+random-init encoder and the colour-grid floor are probed once per seed (the random-init encoder is the same for every
+row: it is built first from the torch seed ``seed + 1``, as in ``agents.pretrain``). The table gives the mean and
+the sample standard deviation over seeds; each run also records the diagnostics of its last 10% of steps (the
+bootstrap cross-entropy, the entropy of the TD targets against that of a uniform target, the target network's
+drift and the fraction of time spent collecting).
 
 Outputs: the table and a plain reading on stdout; the raw per-seed results as JSON (``--json``, written after every
 run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pairs it already holds); a PNG of
 grouped bars (``--plot``); with ``--write-docs``, the section of docs/benchmarks.md between the pretrain_table
 markers.
 
-    python benchmarks/pretrain_table.py --write-docs     # 13 rows x 3 seeds, 200 steps: 62 min on 2 idle cores
-    python benchmarks/pretrain_table.py --quick          # 5 rows, 1 seed, 40 steps, small probes: about 2 min
+    python benchmarks/pretrain_table.py --write-docs     # every row x 3 seeds
+    python benchmarks/pretrain_table.py --quick          # 6 rows, 1 seed, 40 steps, small probes
     python benchmarks/pretrain_table.py --resume-json runs/pretrain_table.json --write-docs   # continue a run
 """
 
@@ -43,7 +49,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import typing
@@ -60,9 +65,8 @@ from env_throughput import commit, machine, relative  # noqa: E402
 
 from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_encoder  # noqa: E402
 from agents.config import PretrainConfig  # noqa: E402
-from agents.data import write_shards  # noqa: E402
-from agents.pretrain import build_network, collect_buffer, train  # noqa: E402
-from agents.probe import ProbeData, probe_data, run_probes  # noqa: E402
+from agents.pretrain import build_network, train  # noqa: E402
+from agents.probe import ColourGridEncoder, ProbeData, probe_data, run_probes  # noqa: E402
 from view_env.data import ImageBank, load_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,16 +77,20 @@ HEADING = "## Pretraining comparison on Shapes"
 
 #: Probe keys, their column names, and whether higher is better.
 PROBES = {"presence_map": ("presence mAP", True), "box_top1": ("box top-1", True), "knn_top1": ("k-NN top-1", True),
-          "count_acc": ("count acc", True), "count_mae": ("count MAE", False)}
-DEFAULT_STEPS = 200
+          "count_acc": ("count acc", True), "count_mae": ("count MAE", False),
+          "attn_presence_map": ("attentive presence mAP", True), "attn_box_top1": ("attentive box top-1", True)}
+#: Training diagnostics each run records (means over its last 10% of steps, or at its end).
+DIAGNOSTICS = ("bootstrap", "target_entropy", "uniform", "target_drift", "collect_fraction")
+DEFAULT_STEPS = PretrainConfig.total_steps
 DEFAULT_SEEDS = 3
-QUICK = {"seeds": 1, "steps": 40, "rows": "random-init,simclr,ab-simclr,labels,labels-gvf", "num_transitions": 4096,
-         "probe_train_images": 500, "probe_val_images": 300}
+QUICK = {"seeds": 1, "steps": 40, "rows": "random-init,colour-grid,simclr,ab-simclr,labels,labels-gvf",
+         "buffer_size": 2048, "probe_train_images": 500, "probe_val_images": 300}
 
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the table: ``overrides`` of the base config, or ``None`` for the random-init encoder."""
+    """One row of the table: ``overrides`` of the base config, or ``None`` for a probed-only encoder (random init,
+    colour grid)."""
 
     name: str
     label: str
@@ -92,6 +100,7 @@ class Row:
 VIEWS = {"annotations": "views", "bootstrap_weight": 1.0}
 ROWS: dict[str, Row] = {r.name: r for r in (
     Row("random-init", "random init", None),
+    Row("colour-grid", "colour-grid floor", None),
     Row("simclr", "SimCLR", {"annotations": "views", "bootstrap_weight": 0.0}),
     Row("ab-simclr", "AB-SimCLR", VIEWS),
     Row("dino", "DINO", {"annotations": "prototypes", "bootstrap_weight": 0.0}),
@@ -140,10 +149,9 @@ def _field_value(name: str, text: str) -> Any:
 def base_config(args: argparse.Namespace) -> PretrainConfig:
     """The settings every row shares (seed, output and data are set per run)."""
     values: dict[str, Any] = {"env": "shapes", "root": args.shapes_root, "total_steps": args.steps, "probe": False,
-                              "probe_train_images": args.probe_train_images, "progress": args.progress,
-                              "warmup_steps": min(PretrainConfig.warmup_steps, max(1, args.steps // 4))}
-    if args.num_transitions is not None:
-        values["num_transitions"] = args.num_transitions
+                              "probe_train_images": args.probe_train_images, "progress": args.progress}
+    if args.buffer_size is not None:
+        values["buffer_size"] = args.buffer_size
     values.update(args.overrides)
     return PretrainConfig(**values)
 
@@ -157,33 +165,12 @@ def settings(base: PretrainConfig, args: argparse.Namespace) -> dict[str, Any]:
             "probe_val_images": args.probe_val_images}
 
 
-def row_config(base: PretrainConfig, row: Row, seed: int, out_dir: Path, data: Path) -> PretrainConfig:
+def row_config(base: PretrainConfig, row: Row, seed: int, out_dir: Path) -> PretrainConfig:
     assert row.overrides is not None
-    return dataclasses.replace(base, **row.overrides, seed=seed, out=str(out_dir / row.name / f"seed{seed}"),
-                               data=str(data))
+    return dataclasses.replace(base, **row.overrides, seed=seed, out=str(out_dir / row.name / f"seed{seed}"))
 
 
 # ------------------------------------------------------------------------------------------- data and the runs
-
-
-def transitions(base: PretrainConfig, seed: int, out_dir: Path) -> Path:
-    """The seed's transitions as shards: collected as ``agents.pretrain`` collects them for ``seed``, once."""
-    directory = out_dir / "transitions" / f"seed{seed}"
-    marker = directory / "pretrain_table.json"
-    collect_config = dataclasses.replace(base, seed=seed, data=None, progress=False)
-    key = {k: v for k, v in config_to_dict(collect_config).items()
-           if k in ("root", "split", "obs_size", "num_transitions", "num_envs", "max_episode_steps", "augmentations",
-                    "max_pan", "seed")}
-    if marker.is_file() and json.loads(marker.read_text()) == key:
-        return directory
-    began = time.perf_counter()
-    buffer, _ = collect_buffer(collect_config, 0, torch.device(base.device))
-    state = buffer.state_dict()  # rows in storage order, so --data refills an identical buffer
-    write_shards(directory, [state["transitions"]], state["size"], overwrite=True,
-                 metadata={"dataset": base.env, "seed": seed, "written_by": "benchmarks/pretrain_table.py"})
-    marker.write_text(json.dumps(key))
-    print(f"seed {seed}: collected {state['size']:,} transitions in {time.perf_counter() - began:.0f} s", flush=True)
-    return directory
 
 
 def probe_set(base: PretrainConfig, seed: int, val_images: int | None) -> ProbeData:
@@ -198,15 +185,18 @@ def probe_set(base: PretrainConfig, seed: int, val_images: int | None) -> ProbeD
     canvas = min(256, max(128, 2 * base.obs_size))
     bank_train = ImageBank.from_dataset(train_set, canvas_size=canvas, indices=train_indices.tolist(), progress=False)
     bank_val = ImageBank.from_dataset(val_set, canvas_size=canvas, indices=val_indices.tolist(), progress=False)
-    return probe_data(bank_train, bank_val, base.obs_size, seed=seed)
+    return probe_data(bank_train, bank_val, base.obs_size, seed=seed, min_crop_area=base.crop_scale[0])
 
 
-def probe_random_init(base: PretrainConfig, seed: int, data: ProbeData) -> dict[str, float]:
-    """The probes of the encoder every row starts from for ``seed`` (built as ``agents.pretrain`` builds it)."""
+def probe_only(name: str, base: PretrainConfig, seed: int, data: ProbeData) -> dict[str, float]:
+    """The probes of an encoder that is not trained: the one every row starts from for ``seed`` (built as
+    ``agents.pretrain`` builds it), or the colour-grid floor."""
+    if name == "colour-grid":
+        return run_probes(ColourGridEncoder(), data, device=base.device, progress=base.progress, seed=seed)
     torch.manual_seed(seed + 1)
     config = dataclasses.replace(base, annotations="labels")  # the encoder is built first: the source is irrelevant
     encoder = build_network(config, data.num_categories).encoder.to(base.device).eval()
-    return run_probes(lambda x: encoder(x).pooled, data, device=base.device, progress=base.progress)
+    return run_probes(encoder, data, device=base.device, progress=base.progress, seed=seed)
 
 
 def pretrain_and_probe(config: PretrainConfig, data: ProbeData) -> dict[str, Any]:
@@ -225,9 +215,13 @@ def pretrain_and_probe(config: PretrainConfig, data: ProbeData) -> dict[str, Any
     train_seconds, train_cpu = time.perf_counter() - began, time.process_time() - cpu
     began = time.perf_counter()
     encoder, _ = load_encoder(checkpoint, config.device)
-    probes = run_probes(encoder, data, device=config.device, progress=config.progress)
+    probes = run_probes(encoder, data, device=config.device, progress=config.progress, seed=config.seed)
+    tail = summary["metrics"][-max(1, len(summary["metrics"]) // 10):]
+    diagnostics = {key: sum(m[key] for m in tail) / len(tail) for key in DIAGNOSTICS[:3] if tail and key in tail[0]}
+    diagnostics.update(target_drift=summary["target_drift"], collect_fraction=summary["collect_fraction"],
+                       ema_base_momentum=summary["ema_base_momentum"])
     return {"probes": probes, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
-            "probe_seconds": time.perf_counter() - began,
+            "probe_seconds": time.perf_counter() - began, "diagnostics": diagnostics,
             "steps": summary["step"], "first_loss": summary["first_loss"], "last_loss": summary["last_loss"],
             "resumed_checkpoint": config.resume}
 
@@ -329,7 +323,7 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
                 lines.append(_sentence(f"AB-SimCLR with {what}", "AB-SimCLR (gamma 0.5, max backup, action tokens)",
                                        compare(table, name, "ab-simclr"), seeded))
     if "random-init" in table:
-        versus_init = {name: compare(table, name, "random-init") for name in table if name != "random-init"}
+        versus_init = {name: compare(table, name, "random-init") for name in table if ROWS[name].overrides is not None}
         above, not_above = [], []
         for name, diffs_init in versus_init.items():
             diff = diffs_init["presence_map"]
@@ -346,6 +340,31 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
                 if worse:
                     lines.append(f"Below the random-init encoder on {label} by more than the seed spread: "
                                  f"{'; '.join(worse)}.")
+    trained = [name for name in table if ROWS[name].overrides is not None]
+    for floor in ("random-init", "colour-grid"):
+        if floor not in table or not trained:
+            continue
+        qualifier = " by more than the seed spread" if seeded else ""
+        everywhere, short = [], []
+        for name in trained:
+            diff = compare(table, name, floor)
+            failed = [PROBES[k][0] for k, d in diff.items() if not (d["better"] and (d["beyond_spread"] or not seeded))]
+            (short if failed else everywhere).append(f"{ROWS[name].label} ({', '.join(failed)})" if failed
+                                                     else ROWS[name].label)
+        lines.append(f"Above the {ROWS[floor].label} on every probe{qualifier}: {'; '.join(everywhere) or 'none'}. "
+                     f"Not (the probes where not): {'; '.join(short) or 'none'}.")
+    attentive = [k for k in PROBES if k.startswith("attn_")]
+    if attentive:
+        verdicts = []
+        for source, base, boot in PAIRS:
+            if base in table and boot in table:
+                diff = compare(table, boot, base)
+                verdicts.append(f"{source}: " + ", ".join(
+                    f"{diff[k]['delta']:+.3f} {PROBES[k][0]}"
+                    + (" (beyond the spread)" if diff[k]["beyond_spread"] else "") for k in attentive))
+        if verdicts:
+            lines.append("On the attentive probes, where the paper's gains show, AB-X minus X: " + "; ".join(verdicts)
+                         + ".")
     if not seeded and lines:
         lines.append("One seed only: no spread is measured, so no difference here can be told apart from seed noise.")
     return lines
@@ -409,11 +428,12 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
         f"{meta['run_seconds']:.0f} s of pretraining and probing.",
         "",
         f"Equal budget for every row: {base['total_steps']} steps x {base['batch_size']} transitions "
-        f"({base['total_steps'] * base['batch_size']:,} views) from the same {base['num_transitions']:,} transitions "
-        f"per seed, a {base['encoder_depth']}-block {base['encoder_dim']}-wide {base['encoder']} at "
-        f"{base['obs_size']} px, lr {base['lr']} (warm-up {base['warmup_steps']} steps), gamma {base['gamma']} and "
-        f"{base['backup']} backup unless the row says otherwise. Probes on the Shapes val split "
-        f"({meta['settings']['probe_val_images'] or 'all'} images), fitted on "
+        f"({base['total_steps'] * base['batch_size']:,} samples), the same stream of transitions per seed "
+        f"(policy {base['policy']}, {base['views']} views per image, every ordered pair; a replay buffer of "
+        f"{base['buffer_size']:,} at replay ratio {base['replay_ratio']}), the `{base['encoder']}` encoder at "
+        f"{base['obs_size']} px, augmentations {', '.join(base['augmentations']) or 'none'}, lr {base['lr']}, "
+        f"gamma {base['gamma']} and {base['backup']} backup unless the row says otherwise. Probes on the Shapes val "
+        f"split ({meta['settings']['probe_val_images'] or 'all'} images), fitted on "
         f"{meta['settings']['probe_train_images']} train images; mean ± sample std over seeds; higher is better "
         f"except count MAE. Raw per-seed results: `{meta['json']}`.",
         "",
@@ -426,10 +446,10 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
         "",
         *[f"- {line}" for line in lines],
         "",
-        f"At this scale ({base['total_steps']} CPU steps of a tiny ViT) the paper's gains are not expected to show "
-        "reliably: its results come from ViT-S trained for far longer on COCO or CC12M. Where a bootstrapped row does "
-        "not beat its base above, that is the measured result at this budget, not a claim about the method at scale. "
-        "The pretraining seconds are wall time on a machine shared with other work: compare them within a run only.",
+        f"At this scale ({base['total_steps']} CPU steps of a small encoder) the paper's gains need not show: its "
+        "results come from ViT-S trained for far longer on COCO or CC12M. Where a bootstrapped row does not beat its "
+        "base above, that is the measured result at this budget, not a claim about the method at scale. The "
+        "pretraining seconds are wall time on a machine shared with other work: compare them within a run only.",
         *(["", f"Rows not in this run: {'; '.join(meta['missing'])} "
                "(`python benchmarks/pretrain_table.py --write-docs` runs every row with 3 seeds)."]
           if meta["missing"] else []),
@@ -461,9 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows", default=None, help=f"comma-separated subset of: {', '.join(ROWS)} (default: all; "
                         f"--quick: {QUICK['rows']})")
     parser.add_argument("--shapes-root", default=None, help="a Shapes set (default: the cached default set)")
-    parser.add_argument("--num-transitions", type=int, default=None,
-                        help=f"transitions per seed (default {PretrainConfig.num_transitions}; --quick: "
-                             f"{QUICK['num_transitions']})")
+    parser.add_argument("--buffer-size", type=int, default=None,
+                        help=f"replay buffer of every run (default {PretrainConfig.buffer_size}; --quick: "
+                             f"{QUICK['buffer_size']})")
     parser.add_argument("--probe-train-images", type=int, default=None,
                         help=f"train images the probes are fitted on (default {PretrainConfig.probe_train_images}; "
                              f"--quick: {QUICK['probe_train_images']})")
@@ -474,11 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="change a PretrainConfig field of every row, e.g. --set encoder_depth=2 lr=1e-3 "
                              f"(not {', '.join(sorted(RESERVED))})")
     parser.add_argument("--quick", action="store_true",
-                        help="1 seed, 40 steps, 5 rows (random init, SimCLR vs AB-SimCLR, labels base vs GVF), 4,096 "
-                             "transitions, probes on 500 train and 300 val images: under 5 minutes on 2 cores; "
-                             "explicit flags override these")
+                        help="1 seed, 40 steps, 6 rows (random init, colour grid, SimCLR vs AB-SimCLR, labels base "
+                             "vs GVF), a 2,048-transition buffer, probes on 500 train and 300 val images; explicit "
+                             "flags override these")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/pretrain_table"),
-                        help="checkpoints (OUT_DIR/ROW/seedN) and the transitions of each seed")
+                        help="checkpoints (OUT_DIR/ROW/seedN)")
     parser.add_argument("--json", type=Path, default=None,
                         help="raw per-seed results (default: --resume-json when given, else runs/pretrain_table.json)")
     parser.add_argument("--resume-json", type=Path, default=None,
@@ -494,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    defaults = {"steps": DEFAULT_STEPS, "seeds": DEFAULT_SEEDS, "rows": ",".join(ROWS), "num_transitions": None,
+    defaults = {"steps": DEFAULT_STEPS, "seeds": DEFAULT_SEEDS, "rows": ",".join(ROWS), "buffer_size": None,
                 "probe_train_images": PretrainConfig.probe_train_images, "probe_val_images": None}
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -559,8 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped = [(seed, name) for seed in range(args.seeds) for name in args.rows if str(seed) in runs.get(name, {})]
     for seed, name in skipped:
         print(f"skip {name} seed {seed}: in {args.resume_json}")
-    print(f"{len(todo)} runs: {args.steps} steps x batch {base.batch_size}, {base.num_transitions:,} transitions per "
-          f"seed, probes on {args.probe_train_images} train images; checkpoints in {args.out_dir}", flush=True)
+    print(f"{len(todo)} runs: {args.steps} steps x batch {base.batch_size}, a {base.buffer_size:,}-transition buffer "
+          f"at replay ratio {base.replay_ratio}, probes on {args.probe_train_images} train images; checkpoints in "
+          f"{args.out_dir}", flush=True)
     probe_cache: dict[int, ProbeData] = {}
     for number, (seed, name) in enumerate(todo, 1):
         row = ROWS[name]
@@ -570,11 +591,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = probe_cache[seed]
         began = time.perf_counter()
         if row.overrides is None:
-            result = {"probes": probe_random_init(base, seed, data), "train_seconds": None,
+            result = {"probes": probe_only(name, base, seed, data), "train_seconds": None,
                       "probe_seconds": time.perf_counter() - began}
         else:
-            config = row_config(base, row, seed, args.out_dir, transitions(base, seed, args.out_dir))
-            result = pretrain_and_probe(config, data)
+            result = pretrain_and_probe(row_config(base, row, seed, args.out_dir), data)
         result.update(machine=machine(), commit=commit())
         runs.setdefault(name, {})[str(seed)] = result
         _write_json(args.json, document)
@@ -583,8 +603,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if result.get("first_loss") is not None else "")
         print(f"[{number}/{len(todo)}] {name} seed {seed}: {time.perf_counter() - began:.0f} s{loss}; {scores}",
               flush=True)
-        if all(s != seed or ROWS[n].overrides is None for s, n in todo[number:]):
-            shutil.rmtree(args.out_dir / "transitions" / f"seed{seed}", ignore_errors=True)
     wall = time.perf_counter() - started
     document["invocations"].append({"command": command, "wall_seconds": wall, "runs": len(todo),
                                     "machine": machine(), "commit": commit()})

@@ -1,4 +1,4 @@
-"""Logged view transitions: relative boxes, episode boundaries, the replay buffer, shard files, policies, the CLI."""
+"""Logged view transitions: relative boxes, autoreset modes, the replay buffer, shard files, policies, the CLI."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from agents.collect import (
     UniformRelativeBox,
     main,
     make_policy,
-    transitions_from_step,
+    rrc_env_kwargs,
 )
 from agents.data import (
     INDEX_NAME,
@@ -28,6 +28,8 @@ from agents.data import (
     transition_fields,
     write_shards,
 )
+from view_env import AUGMENTATIONS
+from view_env.data.shapes import CATEGORIES
 from view_env.vector import ViewTransformVectorEnv
 
 OBS = 16  # small views keep the tests fast
@@ -39,9 +41,9 @@ def make_env(tiny_shapes, num_envs=4, **kwargs):
     return ViewTransformVectorEnv(num_envs, dataset="shapes", root=str(tiny_shapes), progress=False, **kwargs)
 
 
-def collect_batches(tiny_shapes, steps, seed=0, **kwargs):
+def collect_batches(tiny_shapes, rounds, seed=0, **kwargs):
     collector = TransitionCollector(make_env(tiny_shapes, **kwargs), seed=seed)
-    return [collector.next_batch() for _ in range(steps)]
+    return [collector.round(r) for r in range(rounds)]
 
 
 def synthetic(n, start=0, obs_size=4, num_categories=3):
@@ -77,75 +79,25 @@ def test_relative_box_hand_computed_and_round_trip():
 
 
 def test_collected_rel_box_maps_box_to_next_box(tiny_shapes):
-    for batch in collect_batches(tiny_shapes, 5):
-        torch.testing.assert_close(absolute_box(batch["box"], batch["rel_box"]), batch["next_box"])
-        assert batch["rel_box"].dtype == torch.float32 and batch["rel_box"].shape == (4, 4)
+    for batch in collect_batches(tiny_shapes, 3, max_episode_steps=4):
+        torch.testing.assert_close(absolute_box(batch["box"], batch["rel_box"], batch["aug"][:, 0]),
+                                   batch["next_box"])
+        assert batch["rel_box"].dtype == torch.float32 and batch["rel_box"].shape == (16, 4)
 
 
-# ----------------------------------------------------------------------------------------------- episode boundaries
+# ----------------------------------------------------------------------------------------------- autoreset modes
 
 
-def test_no_transition_crosses_an_episode_boundary(tiny_shapes):
-    env = make_env(tiny_shapes, num_envs=3, max_episode_steps=2)
-    steps = []
-    step = env.step
-
-    def recording_step(actions):
-        out = step(actions)
-        steps.append(out)
-        return out
-
-    env.step = recording_step
-    collector = TransitionCollector(env, seed=3)
-    batches = [collector.next_batch() for _ in range(6)]
-    for t, batch in enumerate(batches):
-        obs, _, _, truncated, info = steps[t]
-        assert torch.equal(batch["image_index"], batch["next_image_index"])
-        if t % 2 == 1:  # every episode ends at its second step
-            assert truncated.all() and info["_final_obs"].all()
-            assert torch.equal(batch["next_view"], info["final_obs"])
-            assert not torch.equal(batch["next_view"], obs), "x' must be the last view, not the next episode's first"
-            for key in ("box", "aug", "annotation", "image_index"):
-                assert torch.equal(batch[f"next_{key}" if key != "annotation" else key], info["final_info"][key])
-            if t + 1 < len(batches):  # the next transition starts from the new episode's first view
-                assert torch.equal(batches[t + 1]["view"], obs) and torch.equal(batches[t + 1]["box"], info["box"])
-        else:
-            assert not truncated.any() and torch.equal(batch["next_view"], obs)
-            assert torch.equal(batch["next_box"], info["box"]) and torch.equal(batch["annotation"], info["annotation"])
-        if t % 2 == 1:  # within an episode x is the previous step's x'
-            assert torch.equal(batch["view"], batches[t - 1]["next_view"])
-            assert torch.equal(batch["box"], batches[t - 1]["next_box"])
-        # The anchor is the episode's first view (x itself at an episode's first step); x's annotation is the
-        # previous step's x' annotation within an episode.
-        first = batches[t - t % 2]["view"]
-        assert torch.equal(batch["anchor_view"], first)
-        if t % 2 == 1:
-            assert torch.equal(batch["view_annotation"], batches[t - 1]["annotation"])
-
-
-def test_transitions_from_step_picks_final_rows_only():
-    """Where only some environments end, only their x' comes from final_obs / final_info."""
-    n, s = 3, 4
-
-    def state(fill):
-        return {"box": torch.tensor([[0.0, 0.0, 0.5, 0.5]] * n) + fill, "aug": torch.full((n, 7), fill),
-                "annotation": torch.full((n, 2), fill), "image_index": torch.full((n,), int(fill * 10))}
-
-    obs, info = torch.zeros(n, 3, s, s, dtype=torch.uint8), state(0.0)
-    next_obs = torch.full((n, 3, s, s), 1, dtype=torch.uint8)
-    ended = torch.tensor([False, True, False])
-    next_info = {**state(0.2), "final_obs": torch.full((n, 3, s, s), 2, dtype=torch.uint8), "_final_obs": ended,
-                 "final_info": state(0.1), "_final_info": ended}
-    batch = transitions_from_step(obs, info, next_obs, next_info)
-    assert batch["next_view"][:, 0, 0, 0].tolist() == [1, 2, 1]
-    torch.testing.assert_close(batch["next_aug"][:, 0], torch.tensor([0.2, 0.1, 0.2]))
-    torch.testing.assert_close(batch["annotation"][:, 0], torch.tensor([0.2, 0.1, 0.2]))
-    assert batch["next_image_index"].tolist() == [2, 1, 2]
-    torch.testing.assert_close(batch["rel_box"][1], torch.tensor([0.2, 0.2, 1.2, 1.2]))
-    # A dict observation (obs_mode="dict") contributes its view.
-    dict_batch = transitions_from_step({"view": obs}, info, {"view": next_obs},
-                                       {**next_info, "final_obs": {"view": next_info["final_obs"]}})
-    assert torch.equal(dict_batch["next_view"], batch["next_view"])
+@pytest.mark.parametrize("policy", ["uniform", "rrc"])
+def test_same_step_and_disabled_autoreset_give_the_same_rounds(tiny_shapes, policy):
+    """Under SAME_STEP an episode's last view comes from final_obs; under DISABLED it is the returned observation:
+    either way x' is the episode's own last view, never the next episode's first."""
+    kwargs = rrc_env_kwargs(4, augmentations=("flip",)) if policy == "rrc" else {"max_episode_steps": 3}
+    same = TransitionCollector(make_env(tiny_shapes, num_envs=3, **kwargs), policy, seed=2)
+    disabled = TransitionCollector(make_env(tiny_shapes, num_envs=3, autoreset_mode="disabled", **kwargs), policy,
+                                   seed=2)
+    for r in range(2):
+        assert_transitions_equal(same.round(r), disabled.round(r))
 
 
 # ----------------------------------------------------------------------------------------------- replay buffer
@@ -191,10 +143,11 @@ def test_buffer_samples_only_filled_rows_and_round_trips(tmp_path):
 
 
 def test_collector_fills_a_buffer(tiny_shapes):
-    collector = TransitionCollector(make_env(tiny_shapes, num_envs=4), seed=0)
+    collector = TransitionCollector(make_env(tiny_shapes, num_envs=4, max_episode_steps=2), seed=0)
     buffer = ReplayBuffer(10, OBS, collector.num_categories)
-    assert collector.collect(buffer, 3, progress=False) == 12
-    assert len(buffer) == 10
+    assert collector.collect(buffer, 9, progress=False) == 9  # a round of 8, then one more
+    assert len(buffer) == 9
+    assert_transitions_equal({k: v[:8] for k, v in buffer.storage.items()}, collector.round(0))
     with pytest.raises(ValueError, match="obs_size"):
         collector.collect(ReplayBuffer(10, OBS + 1, collector.num_categories), 1, progress=False)
 
@@ -202,44 +155,29 @@ def test_collector_fills_a_buffer(tiny_shapes):
 # ----------------------------------------------------------------------------------------------- shards
 
 
+def load_all(dataset):
+    return concat_transitions(dataset.stream(0, loop=False))
+
+
 def test_shards_round_trip_exactly(tiny_shapes, tmp_path):
-    collector = TransitionCollector(make_env(tiny_shapes, num_envs=4), seed=0)
-    batches = [collector.next_batch() for _ in range(6)]  # 24 transitions
+    collector = TransitionCollector(make_env(tiny_shapes, num_envs=4, max_episode_steps=3), seed=0)
+    batches = [collector.round(r) for r in range(2)]  # 24 transitions
     dataset = write_shards(tmp_path / "shards", batches, 22, shard_size=8, metadata={"dataset": "shapes"})
     assert len(dataset) == 22 and dataset.counts == [8, 8, 6]
-    assert (dataset.obs_size, dataset.num_categories) == (OBS, 30)
+    assert (dataset.obs_size, dataset.num_categories) == (OBS, len(CATEGORIES))
     expected = {key: value[:22] for key, value in concat_transitions(batches).items()}
-    assert_transitions_equal(ShardDataset(tmp_path / "shards").load_all(), expected)
+    assert_transitions_equal(load_all(ShardDataset(tmp_path / "shards")), expected)
     index = json.loads((tmp_path / "shards" / INDEX_NAME).read_text())
     assert index["num_transitions"] == 22 and [s["file"] for s in index["shards"]] == [p.name for p in
                                                                                        dataset.shard_paths]
-    buffer = ReplayBuffer(30, OBS, 30)
-    assert dataset.fill(buffer) == 22
-    assert_transitions_equal({k: v[:22] for k, v in buffer.storage.items()}, expected)
 
-    # A collector as the source: exactly num_transitions, with its metadata; the collector goes on afterwards.
-    source = TransitionCollector(make_env(tiny_shapes, num_envs=4), seed=0)
+    # A collector as the source: exactly num_transitions, with its metadata.
+    source = TransitionCollector(make_env(tiny_shapes, num_envs=4, max_episode_steps=3), seed=0)
     logged = write_shards(tmp_path / "from-collector", source, 10, shard_size=4)
     assert logged.counts == [4, 4, 2] and logged.metadata["env_kwargs"]["action_mode"] == "continuous"
     assert logged.metadata["policy"] == "uniform" and logged.metadata["obs_size"] == OBS
-    assert_transitions_equal(logged.load_all(), {k: v[:10] for k, v in concat_transitions(batches[:3]).items()})
-    assert_transitions_equal(source.next_batch(), batches[3])  # three steps were taken, not four
-
-
-def test_iter_batches_visits_every_transition_once(tmp_path):
-    dataset = write_shards(tmp_path, [synthetic(7, start=0), synthetic(7, start=7), synthetic(7, start=14)], None,
-                           shard_size=5)
-    assert dataset.counts == [5, 5, 5, 5, 1]
-    batches = list(dataset.iter_batches(4, torch.Generator().manual_seed(0), shards_in_memory=2))
-    assert [len(b["image_index"]) for b in batches] == [4, 4, 4, 4, 4, 1]
-    seen = torch.cat([b["image_index"] for b in batches])
-    assert sorted(seen.tolist()) == list(range(21)) and seen.tolist() != list(range(21))
-    for batch in batches:
-        torch.testing.assert_close(batch["box"][:, 0], batch["image_index"].float())  # rows stay whole
-    dropped = list(dataset.iter_batches(4, torch.Generator().manual_seed(0), drop_last=True))
-    assert [len(b["image_index"]) for b in dropped] == [4] * 5
-    again = list(dataset.iter_batches(4, torch.Generator().manual_seed(0), shards_in_memory=2))
-    assert all(torch.equal(a["image_index"], b["image_index"]) for a, b in zip(batches, again, strict=True))
+    assert logged.metadata["pairs"] == "consecutive" and logged.metadata["views_per_episode"] == 4
+    assert_transitions_equal(load_all(logged), {k: v[:10] for k, v in batches[0].items()})
 
 
 def test_shard_errors_name_the_file(tmp_path):
@@ -255,7 +193,7 @@ def test_shard_errors_name_the_file(tmp_path):
         ShardDataset(tmp_path).load_shard(1)
     first.write_bytes(b"not a shard at all")
     with pytest.raises(ShardFormatError, match=first.name):
-        ShardDataset(tmp_path).load_all()
+        load_all(ShardDataset(tmp_path))
 
     dataset = write_shards(tmp_path, [synthetic(6)], None, shard_size=4, overwrite=True)
     payload = torch.load(first, weights_only=True)
@@ -272,8 +210,9 @@ def test_shard_errors_name_the_file(tmp_path):
     (tmp_path / INDEX_NAME).write_text("{ not json")
     with pytest.raises(ShardFormatError, match=INDEX_NAME):
         ShardDataset(tmp_path)
-    (tmp_path / INDEX_NAME).write_text(json.dumps({"format_version": 1, "metadata": {}, "shards": []}))
-    with pytest.raises(ShardFormatError, match=INDEX_NAME):
+    (tmp_path / INDEX_NAME).write_text(json.dumps({"format_version": 1, "metadata": {"obs_size": 4,
+                                                   "num_categories": 3}, "shards": []}))
+    with pytest.raises(ShardFormatError, match="format_version=1"):  # shards of the format before flip-aware boxes
         ShardDataset(tmp_path)
 
 
@@ -291,6 +230,10 @@ def test_uniform_policy_draws_valid_actions(tiny_shapes):
     discrete = make_policy("uniform", discrete_env, seed=0)
     draws = torch.cat([discrete(None, {}) for _ in range(40)])
     assert draws.dtype == torch.int64 and set(draws.tolist()) <= set(range(16)) and len(set(draws.tolist())) > 8
+    discrete.reset(3)
+    first = discrete(None, {})
+    discrete.reset(3)
+    assert torch.equal(first, discrete(None, {})), "reset(seed) restarts the draws"
     with pytest.raises(ValueError, match="'greedy'"):
         make_policy("greedy", env)
 
@@ -302,9 +245,9 @@ def test_callable_policy_actions_are_used(tiny_shapes):
         calls.append((obs.shape, tuple(info["box"].shape)))
         return torch.zeros(obs.shape[0], 11)
 
-    collector = TransitionCollector(make_env(tiny_shapes, num_envs=3), still, seed=0)
+    collector = TransitionCollector(make_env(tiny_shapes, num_envs=3, max_episode_steps=1), still, seed=0)
     assert isinstance(collector.policy, CallablePolicy)
-    batch = collector.next_batch()
+    batch = collector.round(0)
     assert calls == [((3, 3, OBS, OBS), (3, 4))]
     torch.testing.assert_close(batch["rel_box"], torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3), atol=1e-5, rtol=0)
 
@@ -314,7 +257,7 @@ def test_sb3_policy_predicts_valid_actions(tiny_shapes, tmp_path):
 
     from view_env.wrappers import SB3VecEnv
 
-    env = make_env(tiny_shapes, num_envs=2, obs_size=8)
+    env = make_env(tiny_shapes, num_envs=2, obs_size=8, max_episode_steps=2)
     model = PPO("MlpPolicy", SB3VecEnv(env), n_steps=4, batch_size=4, policy_kwargs={"net_arch": [8]}, seed=0,
                 device="cpu")
     collector = TransitionCollector(env, model, seed=0)
@@ -323,14 +266,15 @@ def test_sb3_policy_predicts_valid_actions(tiny_shapes, tmp_path):
     actions = collector.policy(obs, info)
     assert isinstance(actions, np.ndarray) and actions.shape == (2, 11)
     assert env.action_space.contains(actions.astype(np.float32))
-    batch = collector.next_batch()
-    assert batch["view"].shape == (2, 3, 8, 8)
+    batch = collector.round(0)
+    assert batch["view"].shape == (4, 3, 8, 8)
     with pytest.raises(ValueError, match="observation space"):
         make_policy(model, make_env(tiny_shapes, num_envs=2, obs_size=16))
     model.save(tmp_path / "ppo.zip")  # the CLI loads a saved model and builds a matching environment
     out = tmp_path / "run"
     assert main(["--env", "shapes", "--root", str(tiny_shapes), "--out", str(out), "--num-transitions", "4",
-                 "--num-envs", "2", "--obs-size", "8", "--policy", f"ppo:{tmp_path / 'ppo.zip'}"]) == 0
+                 "--num-envs", "2", "--obs-size", "8", "--augmentations", ",".join(AUGMENTATIONS), "--policy",
+                 f"ppo:{tmp_path / 'ppo.zip'}"]) == 0
     assert ShardDataset(out).metadata["policy"] == "sb3:PPO"
 
 
@@ -338,10 +282,10 @@ def test_sb3_policy_predicts_valid_actions(tiny_shapes, tmp_path):
 
 
 def test_same_seed_same_transitions(tiny_shapes):
-    a, b = collect_batches(tiny_shapes, 4, seed=5), collect_batches(tiny_shapes, 4, seed=5)
+    a, b = collect_batches(tiny_shapes, 2, seed=5), collect_batches(tiny_shapes, 2, seed=5)
     for x, y in zip(a, b, strict=True):
         assert_transitions_equal(x, y)
-    c = collect_batches(tiny_shapes, 4, seed=6)
+    c = collect_batches(tiny_shapes, 2, seed=6)
     assert not torch.equal(a[0]["rel_box"], c[0]["rel_box"])
 
 
@@ -355,8 +299,10 @@ def test_cli_end_to_end(tiny_shapes, tmp_path, capsys):
     dataset = ShardDataset(out)
     assert len(dataset) == 10 and dataset.metadata["env_kwargs"]["num_envs"] == 4
     assert dataset.metadata["seed"] == 1 and dataset.metadata["dataset"] == "shapes"
-    expected = collect_batches(tiny_shapes, 3, seed=1)
-    assert_transitions_equal(dataset.load_all(), {k: v[:10] for k, v in concat_transitions(expected).items()})
+    assert dataset.metadata["policy"] == "rrc" and dataset.metadata["pairs"] == "all"  # the paper's data by default
+    env = make_env(tiny_shapes, num_envs=4, **rrc_env_kwargs(4, augmentations=("flip",)))
+    expected = TransitionCollector(env, seed=1).round(0)
+    assert_transitions_equal(load_all(dataset), {k: v[:10] for k, v in expected.items()})
     with pytest.raises(SystemExit):
         main(args)  # the directory holds shards already
     assert "--overwrite" in capsys.readouterr().err
@@ -365,7 +311,8 @@ def test_cli_end_to_end(tiny_shapes, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value", [("--env", "bogus"), ("--num-transitions", "0"), ("--num-envs", "many"),
-                                         ("--device", "tpu:x"), ("--policy", "greedy"), ("--obs-size", "4")])
+                                         ("--device", "tpu:x"), ("--policy", "greedy"), ("--obs-size", "4"),
+                                         ("--views", "1"), ("--augmentations", "sepia")])
 def test_cli_rejects_bad_values(tiny_shapes, tmp_path, capsys, flag, value):
     args = {"--env": "shapes", "--root": str(tiny_shapes), "--out": str(tmp_path), "--num-transitions": "4",
             "--num-envs": "2"}
@@ -376,5 +323,7 @@ def test_cli_rejects_bad_values(tiny_shapes, tmp_path, capsys, flag, value):
 
 
 def test_collector_refuses_other_autoreset_modes(tiny_shapes):
-    with pytest.raises(ValueError, match="SAME_STEP"):
+    with pytest.raises(ValueError, match="SAME_STEP or DISABLED"):
         TransitionCollector(make_env(tiny_shapes, autoreset_mode="next_step"))
+    with pytest.raises(ValueError, match="max_episode_steps"):
+        TransitionCollector(make_env(tiny_shapes, max_episode_steps=None))

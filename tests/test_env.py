@@ -10,6 +10,7 @@ from conftest import one_object_coco, write_image
 from gymnasium.vector import AutoresetMode
 
 import view_env  # noqa: F401  (registers the ids)
+from view_env.data.shapes import CATEGORIES
 from view_env.vector import ViewTransformVectorEnv
 
 
@@ -24,7 +25,7 @@ def test_spaces_and_outputs(tiny_shapes):
     assert isinstance(obs, torch.Tensor) and obs.shape == (5, 3, 64, 64) and obs.dtype == torch.uint8
     assert env.single_action_space == gym.spaces.Discrete(16)
     assert env.observation_space.shape == (5, 3, 64, 64)
-    for key, shape in {"annotation": (5, 30), "box": (5, 4), "image_index": (5,), "aug": (5, 7)}.items():
+    for key, shape in {"annotation": (5, len(CATEGORIES)), "box": (5, 4), "image_index": (5,), "aug": (5, 7)}.items():
         assert info[key].shape == shape and info[f"_{key}"].all()
     obs, reward, terminated, truncated, info = env.step(torch.zeros(5, dtype=torch.int64))
     assert reward.dtype == torch.float32 and (reward == 0).all()
@@ -154,7 +155,7 @@ def test_callable_task(tiny_shapes):
 def test_dict_observation_and_render(tiny_shapes):
     env = make(tiny_shapes, num_envs=2, obs_mode="dict", render_mode="rgb_array")
     obs, _ = env.reset(seed=0)
-    assert set(obs) == {"view", "box", "target"} and obs["target"].shape == (2, 30)
+    assert set(obs) == {"view", "box", "target"} and obs["target"].shape == (2, len(CATEGORIES))
     assert env.observation_space["view"].shape == (2, 3, 64, 64)
     frames = env.render()
     assert frames.shape == (2, 128, 128, 3) and frames.dtype == np.uint8
@@ -165,7 +166,7 @@ def test_dict_observation_and_render(tiny_shapes):
 def test_gym_make_and_make_vec(tiny_shapes):
     env = gym.make("ViewTransform-Shapes-v0", root=str(tiny_shapes), progress=False, render_mode="rgb_array")
     obs, info = env.reset(seed=0)
-    assert isinstance(obs, np.ndarray) and obs.shape == (3, 64, 64) and info["annotation"].shape == (30,)
+    assert isinstance(obs, np.ndarray) and obs.shape == (3, 64, 64) and info["annotation"].shape == (len(CATEGORIES),)
     steps = 0
     truncated = terminated = False
     while not (terminated or truncated):
@@ -276,7 +277,7 @@ def test_sb3_vec_env_runs_ppo(tiny_shapes):
     for _ in range(4):
         obs, rewards, dones, infos = venv.step(np.array([0, 1, 2, 3]))
     assert dones.all() and all(info["TimeLimit.truncated"] for info in infos)
-    assert infos[0]["terminal_observation"].shape == (3, 64, 64) and infos[0]["annotation"].shape == (30,)
+    assert infos[0]["terminal_observation"].shape == (3, 64, 64) and infos[0]["annotation"].shape == (len(CATEGORIES),)
     model = PPO("CnnPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu",
                 policy_kwargs={"normalize_images": True, "features_extractor_kwargs": {"features_dim": 32}})
     model.learn(total_timesteps=64)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from agents import gvf
+from agents.config import PretrainConfig
+from agents.pretrain import build_network, learning_rate, next_view_params, parameter_groups
 
 
 def _distributions(*shape, seed=0):
@@ -120,42 +122,24 @@ def test_label_distribution_adds_background_and_normalises():
     torch.testing.assert_close(label_distribution(coverage), expected)
 
 
-def test_next_actions_follow_the_environment_ranges():
-    g = torch.Generator().manual_seed(0)
-    rel_box, aug = gvf.sample_next_actions(64, 8, ("flip",), g, torch.device("cpu"))
-    assert rel_box.shape == (64, 8, 4) and aug.shape == (64, 8, 7)
-    centre = (rel_box[..., :2] + rel_box[..., 2:]) / 2
-    assert (centre - 0.5).abs().max() <= 0.5 + 1e-6
-    width = rel_box[..., 2] - rel_box[..., 0]
-    assert width.min() >= 1 / 1.5 / 1.5**0.5 - 1e-5 and width.max() <= 1.5 * 1.5**0.5 + 1e-5
-    assert set(aug[..., 0].unique().tolist()) == {0.0, 1.0}  # flip drawn
-    assert (aug[..., 1:] == torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])).all()  # the others at identity
-
-
 def test_caption_source_runs_the_text_tower_once_per_network_and_step(monkeypatch):
-    from agents.config import PretrainConfig
     from agents.models import CaptionTokenizer
-    from agents.pretrain import build_network
     from agents.sources import CaptionSource
 
     captions = ["a red circle left of a blue square", "two green triangles", "a yellow star above a red square"]
     tokenizer = CaptionTokenizer.build(captions)
-    config = PretrainConfig(annotations="captions", encoder_depth=1, encoder_dim=64, obs_size=32, embed_dim=32,
-                            value_depth=1)
+    config = PretrainConfig(annotations="captions", encoder="vit_tiny", encoder_depth=1, encoder_dim=64, obs_size=32,
+                            embed_dim=32, value_depth=1)
     torch.manual_seed(0)
     online = build_network(config, num_categories=30, tokenizer=tokenizer)
     target = copy.deepcopy(online)
-    g = torch.Generator().manual_seed(1)
-    batch = {"view": torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=g),
-             "next_view": torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=g),
-             "rel_box": torch.tensor([[0.1, 0.1, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5], [0.2, 0.3, 1.2, 1.1]]),
-             "next_aug": torch.zeros(3, 7), "image_index": torch.tensor([0, 1, 2]),
-             "captions": tokenizer.encode(captions, max_len=16)}
+    batch = {**_batch(3), "captions": tokenizer.encode(captions, max_len=16)}
 
     def loss_and_grads():
         online.zero_grad()
         loss, _ = gvf.gvf_loss(online, target, batch, gamma=0.5, backup="max", bootstrap_weight=1.0,
-                               num_next_actions=4, augmentations=("flip",), generator=torch.Generator().manual_seed(2))
+                               num_next_actions=4, next_views=next_view_params(config),
+                               generator=torch.Generator().manual_seed(2))
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in online.parameters() if p.grad is not None]
 
@@ -175,3 +159,158 @@ def test_caption_source_runs_the_text_tower_once_per_network_and_step(monkeypatc
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     for hook in hooks:
         hook.remove()
+
+
+def _batch(n: int, obs: int = 32, seed: int = 1) -> dict[str, torch.Tensor]:
+    """A batch of ``n`` random transitions with every field the loss reads (two views of each image)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def views() -> torch.Tensor:
+        return torch.randint(0, 256, (n, 3, obs, obs), dtype=torch.uint8, generator=g)
+
+    aug = torch.zeros(n, 7)
+    aug[:, 1:4] = 1.0
+    return {"view": views(), "next_view": views(), "anchor_view": views(),
+            "rel_box": torch.rand(n, 4, generator=g), "box": torch.tensor([[0.0, 0.0, 0.5, 0.5]]).repeat(n, 1),
+            "next_box": torch.tensor([[0.2, 0.2, 0.9, 0.9]]).repeat(n, 1), "aug": aug, "next_aug": aug.clone(),
+            "next_image_size": torch.tensor([[64, 64]]).repeat(n, 1), "image_index": torch.arange(n) // 2,
+            "annotation": torch.rand(n, 5, generator=g) / 5, "view_annotation": torch.rand(n, 5, generator=g) / 5}
+
+
+def _networks(annotations: str, **overrides):
+    config = PretrainConfig(annotations=annotations, embed_dim=32, value_depth=1, value_dim=32, num_prototypes=16,
+                            **overrides)
+    torch.manual_seed(0)
+    online = build_network(config, num_categories=5)
+    return config, online, copy.deepcopy(online).requires_grad_(False)
+
+
+@pytest.mark.parametrize("annotations, target_passes", [("views", 0), ("labels", 0), ("prototypes", 1)])
+def test_a_base_method_run_computes_only_the_target_passes_its_loss_reads(annotations, target_passes):
+    config, online, target = _networks(annotations)
+    calls = []
+    target.encoder.register_forward_hook(lambda *_: calls.append(1))
+    online.encoder.register_forward_hook(lambda *_: calls.append(0))
+    gvf.gvf_loss(online, target, _batch(8), 0.5, "max", 0.0, 4, next_view_params(config))
+    assert calls.count(1) == target_passes, "a base-method run runs no target pass its loss does not read"
+    assert calls.count(0) == (2 if annotations == "views" else 1)  # the anchors are online only for SimCLR
+    calls.clear()
+    gvf.gvf_loss(online, target, _batch(8), 0.5, "max", 1.0, 4, next_view_params(config))
+    assert calls.count(1) == {"views": 2, "labels": 1, "prototypes": 2}[annotations]
+
+
+def test_dino_teacher_is_the_target_networks_head():
+    config, online, target = _networks("prototypes")
+    batch = _batch(8)
+
+    def base() -> float:
+        return gvf.gvf_loss(online, target, batch, 0.5, "max", 0.0, 4, next_view_params(config))[1]["base"]
+
+    before = base()
+    online.source.center.zero_()
+    with torch.no_grad():  # the target's prototypes define the teacher: changing them changes the loss
+        target.source.prototypes.parametrizations.weight.original1.normal_()
+    changed = base()
+    assert changed != pytest.approx(before)
+    online.source.center.zero_()
+    target_copy = copy.deepcopy(target)
+    with torch.no_grad():
+        online.source.prototypes_ab.parametrizations.weight.original1.normal_()  # not read by the base loss
+    assert base() == pytest.approx(changed)
+    assert all(torch.equal(a, b) for a, b in zip(target.parameters(), target_copy.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("annotations", ["views", "prototypes", "labels"])
+def test_every_embedding_is_normalised_so_the_temperature_bounds_the_logits(annotations):
+    from agents.gvf import _encoded
+
+    config, online, _ = _networks(annotations)
+    batch = _batch(6)
+    out = online.encode(batch["view"])
+    enc = _encoded(online, out, batch, online.encode(batch["anchor_view"]), "view_annotation")
+    for psi in (online.source.psi(enc), online.source.psi_ab(enc)):
+        torch.testing.assert_close(psi.norm(dim=-1), torch.ones(psi.shape[0]))
+    torch.testing.assert_close(enc.phi.norm(dim=-1), torch.ones(6))
+
+
+def test_caption_embeddings_are_normalised():
+    from agents.models import CaptionTokenizer
+    from agents.sources import CaptionSource, Encoded
+
+    tokenizer = CaptionTokenizer.build(["a red circle", "two squares"])
+    source = CaptionSource(tokenizer, 16, text_dim=32, text_depth=1)
+    enc = Encoded(phi=None, captions=tokenizer.encode(["a red circle", "two squares"], max_len=8))
+    for psi in (source.psi(enc), source.psi_ab(enc)):
+        torch.testing.assert_close(psi.norm(dim=-1), torch.ones(2))
+
+
+def test_no_weight_decay_on_temperatures_norms_biases_and_tokens():
+    _, online, _ = _networks("views", encoder="vit_tiny", encoder_depth=1, encoder_dim=64)
+    decay, no_decay = parameter_groups(online, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in online.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "source.temperature.log_t" in skipped and "source.value_temperature.log_t" in skipped
+    assert any(n.endswith("norm1.weight") for n in skipped) and any(n.endswith("qkv.bias") for n in skipped)
+    assert {"encoder.pos_embed", "encoder.cls_token", "value_head.action_pos", "value_head.readout"} <= skipped
+    assert any(n.endswith("qkv.weight") for n in decayed) and "encoder.patch_embed.weight" in decayed
+    assert not skipped & decayed and len(skipped) + len(decayed) == len(names)
+
+
+@pytest.mark.parametrize("total_steps", [40, 200, 800, 3000])
+def test_auto_ema_momentum_lets_the_target_forget_its_initialisation(total_steps):
+    base = gvf.auto_ema_momentum(total_steps)
+    share = 1.0
+    for step in range(total_steps):
+        share *= gvf.ema_momentum(step, total_steps, base=base)
+    assert share <= 1.5 * gvf.EMA_INITIAL_SHARE, "the initial weights' share of the target at the end of the run"
+    assert base <= 0.996
+    assert gvf.auto_ema_momentum(100_000) == 0.996  # long runs keep the paper's momentum
+    old = 1.0
+    for step in range(800):
+        old *= gvf.ema_momentum(step, 800, base=0.996)
+    assert old > 0.15, "momentum 0.996 annealed over 800 steps keeps about a fifth of the initial weights"
+
+
+def test_target_drift_measures_the_lag():
+    online = torch.nn.Linear(4, 4)
+    target = copy.deepcopy(online)
+    assert gvf.target_drift(target, online) == 0.0
+    with torch.no_grad():
+        target.weight.add_(online.weight)  # target = 2 * online for the weight, biases equal
+    with torch.no_grad():
+        expected = (online.weight.pow(2).sum() / (online.weight.pow(2).sum() + online.bias.pow(2).sum())).sqrt()
+    assert gvf.target_drift(target, online) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_warmup_scales_with_the_run():
+    short = PretrainConfig(total_steps=40)
+    assert short.warmup == 2 and learning_rate(short, 1) == pytest.approx(short.lr)
+    assert PretrainConfig(total_steps=2000).warmup == 100
+    assert PretrainConfig(total_steps=40, warmup_steps=10).warmup == 10
+
+
+def test_dino_loss_against_a_plain_reference():
+    """Student ``softmax(s / 0.1)`` against the centred, sharpened teacher ``softmax((t - c) / 0.04)`` with
+    ``t`` the target's anchor features on the target's prototypes; the centre moves towards the batch mean."""
+    config, online, target = _networks("prototypes")
+    with torch.no_grad():
+        target.source.prototypes.parametrizations.weight.original1.normal_()
+    online.source.center.fill_(0.01)
+    batch = _batch(6)
+    loss = gvf.gvf_loss(online, target, batch, 0.5, "max", 0.0, 4, next_view_params(config))[0]
+    with torch.no_grad():
+        student_w = torch.nn.functional.normalize(online.source.prototypes.weight, dim=-1)
+        teacher_w = torch.nn.functional.normalize(target.source.prototypes.weight, dim=-1)
+        s_feat = online.phi(online.encode(batch["view"]).pooled)
+        t_feat = target.phi(target.encode(batch["anchor_view"]).pooled)
+    expected, center = 0.0, torch.full((16,), 0.01)
+    for i in range(6):
+        t_logits = t_feat[i] @ teacher_w.T
+        teacher = torch.softmax((t_logits - center) / 0.04, -1)
+        student = torch.log_softmax(s_feat[i] @ student_w.T / 0.1, -1)
+        expected += -(teacher * student).sum() / 6
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-5)
+    mean = (t_feat @ teacher_w.T).mean(0)
+    torch.testing.assert_close(online.source.center, 0.9 * center + 0.1 * mean, rtol=1e-4, atol=1e-6)

@@ -10,29 +10,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import pretrain_table  # noqa: E402
 
-TINY = ["--set", "encoder_depth=1", "encoder_dim=64", "obs_size=32", "embed_dim=32", "value_depth=1",
-        "num_next_actions=4", "batch_size=8", "num_envs=8", "--num-transitions", "64", "--steps", "2", "--seeds", "1"]
+TINY = ["--set", "obs_size=32", "embed_dim=32", "value_depth=1", "value_dim=32",
+        "num_next_actions=4", "batch_size=8", "num_envs=4", "--buffer-size", "64", "--steps", "2", "--seeds", "1"]
 
 
 def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, capsys):
     results, figure, out_dir = tmp_path / "table.json", tmp_path / "table.png", tmp_path / "runs"
     common = ["--shapes-root", str(tiny_shapes), "--out-dir", str(out_dir), "--plot", str(figure), *TINY]
-    assert pretrain_table.main([*common, "--rows", "random-init,ab-simclr", "--json", str(results)]) == 0
+    assert pretrain_table.main([*common, "--rows", "random-init,colour-grid,ab-simclr", "--json", str(results)]) == 0
     out = capsys.readouterr().out
     assert "| row | seeds | presence mAP |" in out
     table_rows = [line for line in out.splitlines() if line.startswith("| random init |")
-                  or line.startswith("| AB-SimCLR |")]
-    assert len(table_rows) == 2
+                  or line.startswith("| AB-SimCLR |") or line.startswith("| colour-grid floor |")]
+    assert len(table_rows) == 3
     assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first = json.loads(results.read_text())
-    assert set(first["runs"]) == {"random-init", "ab-simclr"}
+    assert set(first["runs"]) == {"random-init", "colour-grid", "ab-simclr"}
     run = first["runs"]["ab-simclr"]["0"]
     assert run["steps"] == 2 and set(run["probes"]) == set(pretrain_table.PROBES)
+    assert set(pretrain_table.DIAGNOSTICS) <= set(run["diagnostics"])
     assert first["settings"]["config"]["total_steps"] == 2
-    assert not (out_dir / "transitions" / "seed0").exists()  # the seed's transitions are removed once it is done
+    assert "Above the colour-grid floor on every probe" in out
 
     # Resume with one more row: the finished runs are skipped and kept as they were; only the new row runs.
-    assert pretrain_table.main([*common, "--rows", "random-init,ab-simclr,labels",
+    assert pretrain_table.main([*common, "--rows", "random-init,colour-grid,ab-simclr,labels",
                                 "--resume-json", str(results)]) == 0
     out = capsys.readouterr().out
     assert "skip random-init seed 0" in out and "skip ab-simclr seed 0" in out
@@ -40,7 +41,7 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     second = json.loads(results.read_text())
     assert second["runs"]["ab-simclr"] == first["runs"]["ab-simclr"]
     assert second["runs"]["random-init"] == first["runs"]["random-init"]
-    assert set(second["runs"]) == {"random-init", "ab-simclr", "labels"}
+    assert set(second["runs"]) == {"random-init", "colour-grid", "ab-simclr", "labels"}
     assert len(second["invocations"]) == 2
     assert "| labels base |" in out
 
@@ -70,9 +71,9 @@ def test_reading_and_table_from_numbers():
                for line in lines)
     assert ("On presence mAP the bootstrapped row is above its base for 1 of 2 sources (labels) and not for "
             "SimCLR.") in lines
-    # 10 (source, probe) pairs: only labels' presence is better (equal means are not); SimCLR's presence is worse
+    # 14 (source, probe) pairs: only labels' presence is better (equal means are not); SimCLR's presence is worse
     # by 0.05 and labels' better by 0.10, both beyond hypot(0.01, 0.01).
-    assert lines[0] == ("Over all 10 (source, probe) pairs, the bootstrapped row is better than its base in 1; the "
+    assert lines[0] == ("Over all 14 (source, probe) pairs, the bootstrapped row is better than its base in 1; the "
                         "difference exceeds the seed spread in 1 in its favour and 1 against it.")
     assert any(line.startswith("Where bootstrapping does not beat its base") and "presence mAP: SimCLR;" in line
                and "box top-1: SimCLR, labels;" in line for line in lines)  # equal means are not better
@@ -94,8 +95,9 @@ def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp
     docs = tmp_path / "benchmarks.md"
     docs.write_text(f"# Benchmarks\n\n{pretrain_table.START}\nold\n{pretrain_table.END}\ntail\n")
     monkeypatch.setattr(pretrain_table, "DOCS", docs)
-    config = {"total_steps": 200, "batch_size": 64, "num_transitions": 16384, "encoder_depth": 4, "encoder_dim": 128,
-              "encoder": "vit_tiny", "obs_size": 64, "lr": 0.002, "warmup_steps": 50, "gamma": 0.5, "backup": "max"}
+    config = {"total_steps": 200, "batch_size": 64, "buffer_size": 8192, "replay_ratio": 2.0, "policy": "rrc",
+              "views": 4, "augmentations": ["flip"], "encoder": "cnn", "obs_size": 32, "lr": 0.002, "gamma": 0.5,
+              "backup": "max"}
     machine = "AMD EPYC, 2 cores"
     meta = {"invocations": [{"command": "python benchmarks/pretrain_table.py --write-docs", "runs": 39,
                              "wall_seconds": 3727.6, "commit": "be94cb0", "machine": machine},
@@ -109,7 +111,7 @@ def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp
     assert ("Measured with `python benchmarks/pretrain_table.py --write-docs` (39 runs, wall time 3728 s, commit "
             "be94cb0); then `python benchmarks/pretrain_table.py --resume-json r.json --write-docs` (0 runs, wall "
             "time 2 s, commit abc1234) on AMD EPYC, 2 cores. The 39 runs in the JSON took 3690 s") in text
-    assert "200 steps x 64 transitions (12,800 views)" in text
+    assert "200 steps x 64 transitions (12,800 samples)" in text and "policy rrc, 4 views per image" in text
     assert "Raw per-seed results: `docs/results/pretrain_table.json`." in text
     assert "- Below the random-init encoder on box top-1 by more than the seed spread: SimCLR." in text
 
@@ -126,3 +128,20 @@ def test_resume_refuses_a_corrupt_json(tiny_shapes, tmp_path, capsys):
         else:
             raise AssertionError(f"a corrupt JSON was resumed: {text}")
         assert "is not a JSON written by this script" in capsys.readouterr().err
+
+
+def test_reading_compares_every_trained_row_with_both_floors_and_the_attentive_probes():
+    def entry(value, std=0.005):
+        return {"n": 3, "train_seconds": 1.0, **{k: (value, std) for k in pretrain_table.PROBES}}
+
+    table = {"random-init": entry(0.30), "colour-grid": entry(0.20), "simclr": entry(0.40), "ab-simclr": entry(0.31)}
+    table["ab-simclr"]["attn_box_top1"] = (0.45, 0.005)
+    lines = pretrain_table.reading(table)
+    # MAE is lower-better: every row's 0.40 and 0.31 count MAE is worse than random init's 0.30 and the floor's 0.20;
+    # AB-SimCLR's 0.31 is 0.01 above random init's 0.30 elsewhere, beyond hypot(0.005, 0.005).
+    assert ("Above the random init on every probe by more than the seed spread: none. Not (the probes where not): "
+            "SimCLR (count MAE); AB-SimCLR (count MAE)." in lines)
+    assert not any("Below the random-init encoder" in line and "colour-grid" in line for line in lines)
+    assert any(line.startswith("On the attentive probes, where the paper's gains show, AB-X minus X: SimCLR: -0.090 "
+                               "attentive presence mAP (beyond the spread), +0.050 attentive box top-1 (beyond")
+               for line in lines)

@@ -14,18 +14,30 @@ from torch import nn
 
 from agents import probe
 from agents.probe import (
+    COLOUR_GRID,
+    AttentiveProbe,
+    ColourGridEncoder,
+    EncodedViews,
+    attentive_classification_probe,
+    attentive_presence_probe,
     average_precision,
     classification_probe,
+    colour_grid_features,
     counting_probe,
     crop_boxes,
+    encode_views,
     extract_features,
+    format_probe_table,
     knn_probe,
     mean_average_precision,
+    normalise_views,
     presence_probe,
     probe_data,
+    probe_encoders,
     run_probes,
 )
 from view_env.data import ImageBank, ShapesDataset
+from view_env.data.shapes import CATEGORIES
 from view_env.render import render_views
 
 NUM_CLASSES = 5
@@ -111,7 +123,7 @@ def test_average_precision_against_hand_computed_rankings():
 def test_crop_boxes_are_square_in_pixels_contain_the_box_and_stay_inside():
     boxes = torch.tensor([[0.4, 0.4, 0.5, 0.6], [0.0, 0.0, 0.1, 0.05], [0.2, 0.1, 0.9, 0.3], [0.5, 0.5, 0.5, 0.5]])
     sizes = torch.tensor([[100, 200], [100, 200], [100, 200], [100, 200]])  # (height, width)
-    crops = crop_boxes(boxes, sizes)
+    crops = crop_boxes(boxes, sizes, min_area=0.0)  # the plain context crop
     assert (crops[:, :2] <= boxes[:, :2]).all() and (crops[:, 2:] >= boxes[:, 2:]).all()
     assert (crops >= 0).all() and (crops <= 1).all() and (crops[:, 2:] > crops[:, :2]).all()
     pixels = (crops[:, 2:] - crops[:, :2]) * torch.tensor([200.0, 100.0])
@@ -147,7 +159,7 @@ def test_probe_data_shapes_targets_and_crops(banks, data):
         torch.testing.assert_close(side[:, 0], side[:, 1])  # square images: every crop fits and stays square
         expected = render_views(bank.images, split.crop_image, split.crop_boxes, 32)
         assert torch.equal(split.crops, expected)
-    assert len(data.train) == 24 and len(data.val) == 8 and data.num_categories == 30
+    assert len(data.train) == 24 and len(data.val) == 8 and data.num_categories == len(CATEGORIES)
 
 
 def test_probe_data_max_images_draws_a_seeded_subset(banks):
@@ -174,12 +186,13 @@ def test_extract_features_normalises_and_restores_mode():
 
 def test_run_probes_end_to_end(data):
     encoder = _tiny_encoder()
-    scores = run_probes(encoder, data, epochs=2, progress=False)
-    assert list(scores) == ["presence_map", "box_top1", "knn_top1", "count_acc", "count_mae"]
-    for name in ("presence_map", "box_top1", "knn_top1", "count_acc"):
+    scores = run_probes(encoder, data, epochs=2, progress=False, attentive_epochs=2)
+    assert list(scores) == ["presence_map", "box_top1", "knn_top1", "count_acc", "count_mae", "attn_presence_map",
+                            "attn_box_top1"]
+    for name in ("presence_map", "box_top1", "knn_top1", "count_acc", "attn_presence_map", "attn_box_top1"):
         assert 0.0 <= scores[name] <= 1.0, (name, scores[name])
     assert scores["count_mae"] >= 0.0
-    assert run_probes(encoder, data, epochs=2, progress=False) == scores
+    assert run_probes(encoder, data, epochs=2, progress=False, attentive_epochs=2) == scores
 
 
 @pytest.fixture
@@ -200,15 +213,21 @@ def test_cli_prints_a_table_and_writes_json(tiny_shapes, tmp_path, fake_loader, 
     checkpoint.write_bytes(b"stand-in")
     out = tmp_path / "results" / "probes.json"
     scores = probe.main(["--checkpoint", str(checkpoint), "--out", str(out), "--canvas-size", "64", "--epochs", "2",
-                         "--max-images", "20", "--no-progress"])
+                         "--attentive-epochs", "2", "--max-images", "20", "--no-progress"])
     assert fake_loader == [(str(checkpoint), "cpu")]
     record = json.loads(out.read_text())
     assert record["scores"] == scores and record["view_size"] == 32  # the config's data and view size
     assert record["dataset"] == "shapes" and record["root"] == str(tiny_shapes)
     assert record["images"] == {"train": 20, "val": 8}
+    assert record["min_crop_area"] == probe.MIN_CROP_AREA and record["attentive_epochs"] == 2
+    assert set(record["floor"]) == set(scores)  # the colour-grid row, measured alike
     table = capsys.readouterr().out
+    lines = table.splitlines()
+    assert lines[2].startswith("checkpoint ") and lines[3].startswith(f"{COLOUR_GRID} ")
     for name, value in scores.items():
-        assert f"{name}" in table and f"{value:.4f}" in table
+        assert f"{name}" in table and f"{value:.4f}" in lines[2]
+    for value in record["floor"].values():
+        assert f"{value:.4f}" in lines[3]
 
 
 def test_cli_missing_checkpoint_names_it(tmp_path, fake_loader, capsys):
@@ -245,7 +264,7 @@ def test_bad_inputs_raise_value_errors_naming_the_value(banks):
         probe_data(bank_train, unlabelled, view_size=16)
     other = copy.copy(bank_val)
     other.dataset = types.SimpleNamespace(num_categories=7)
-    with pytest.raises(ValueError, match="30 categories but bank_val has 7"):
+    with pytest.raises(ValueError, match=f"{len(CATEGORIES)} categories but bank_val has 7"):
         probe_data(bank_train, other, view_size=16)
     with pytest.raises(ValueError, match="view_size must be a positive integer.*0"):
         probe_data(bank_train, bank_val, view_size=0)
@@ -261,3 +280,240 @@ def test_cli_refuses_a_dataset_without_labels(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         probe.main(["--checkpoint", str(checkpoint)])
     assert "'images', which has no labels" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- attentive probes
+
+
+def _marked_tokens(n: int, seed: int, tokens: int = 16, dim: int = 16) -> dict[str, torch.Tensor]:
+    """Toy token sets in which the answer sits in marked tokens at random positions, among distractors.
+
+    Channels ``0..NUM_CLASSES - 1`` one-hot a class, channel ``NUM_CLASSES`` is the marker. Every token one-hots a
+    random class (a distractor); for ``labels`` one token at a random position also carries the marker and one-hots
+    the label; for ``presence`` each present class gets its own marked token. The mean token therefore holds the
+    answer only as one count among ``tokens`` random ones, while attending to the marker recovers it exactly.
+    """
+    g = torch.Generator().manual_seed(seed)
+    eye = torch.eye(dim)
+
+    def distractors() -> torch.Tensor:
+        return eye[torch.randint(0, NUM_CLASSES, (n, tokens), generator=g)] + 0.05 * torch.randn(n, tokens, dim,
+                                                                                               generator=g)
+
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    x_label = distractors()
+    rows = torch.arange(n)
+    x_label[rows, torch.randint(0, tokens, (n,), generator=g)] = eye[labels] + eye[NUM_CLASSES]
+    presence = (torch.rand(n, NUM_CLASSES, generator=g) < 0.3).float()
+    presence[rows, labels] = 1.0  # at least one object per image
+    x_presence = distractors()
+    slots = torch.rand(n, tokens, generator=g).argsort(1)[:, :NUM_CLASSES]  # distinct positions, one per class
+    for a in range(NUM_CLASSES):
+        marked = presence[:, a] > 0
+        x_presence[rows[marked], slots[marked, a]] = eye[a] + eye[NUM_CLASSES]
+    return {"labels": labels, "x_label": x_label, "presence": presence, "x_presence": x_presence}
+
+
+def test_attentive_probes_find_the_marked_token_where_a_linear_probe_on_the_mean_cannot():
+    train, val = _marked_tokens(600, seed=1), _marked_tokens(300, seed=2)
+    # The classification probe reads a bfloat16 cache (as encode_views makes), the presence probe float32.
+    top1 = attentive_classification_probe(train["x_label"].bfloat16(), train["labels"], val["x_label"].bfloat16(),
+                                          val["labels"], NUM_CLASSES, batch_size=64)
+    mean_ap = attentive_presence_probe(train["x_presence"], train["presence"], val["x_presence"], val["presence"],
+                                       batch_size=64)
+    linear_top1 = classification_probe(train["x_label"].mean(1), train["labels"], val["x_label"].mean(1),
+                                       val["labels"], NUM_CLASSES, batch_size=64)
+    linear_ap = presence_probe(train["x_presence"].mean(1), train["presence"], val["x_presence"].mean(1),
+                               val["presence"], batch_size=64)
+    assert top1 > 0.98 and mean_ap > 0.98, (top1, mean_ap)  # measured 1.0 and 1.0 over 4 seeds
+    assert linear_top1 < 0.5 and linear_ap < 0.8, (linear_top1, linear_ap)  # measured <= 0.38, 0.72; chance 0.2, 0.44
+
+
+def test_attentive_probes_are_at_chance_on_random_tokens():
+    g = torch.Generator().manual_seed(3)
+    train, val = torch.randn(400, 8, 16, generator=g), torch.randn(200, 8, 16, generator=g)
+    labels = torch.randint(0, NUM_CLASSES, (600,), generator=g)
+    presence = (torch.rand(600, NUM_CLASSES, generator=g) < 0.3).float()
+    top1 = attentive_classification_probe(train, labels[:400], val, labels[400:], NUM_CLASSES, batch_size=64)
+    mean_ap = attentive_presence_probe(train, presence[:400], val, presence[400:], batch_size=64)
+    assert top1 < 0.35 and mean_ap < 0.45, (top1, mean_ap)  # chance: 0.2 and the prevalence 0.3
+
+
+def test_attentive_probe_is_deterministic_for_a_seed_and_ignores_the_global_rng():
+    train, val = _marked_tokens(200, seed=4), _marked_tokens(100, seed=5)
+    args = (train["x_label"], train["labels"], val["x_label"], val["labels"], NUM_CLASSES)
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        runs.append(attentive_presence_probe(train["x_presence"], train["presence"], val["x_presence"],
+                                             val["presence"], epochs=3, batch_size=64, seed=7))
+        runs.append(attentive_classification_probe(*args, epochs=3, batch_size=64, seed=7))
+    assert runs[:2] == runs[2:]
+    state = torch.get_rng_state()
+    attentive_classification_probe(*args, epochs=1)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_attentive_probe_equals_multi_head_attention_over_standardised_tokens():
+    g = torch.Generator().manual_seed(6)
+    tokens = 3 + 2 * torch.randn(5, 7, 12, generator=g)
+    mean, std = tokens.mean((0, 1)), tokens.std((0, 1), correction=0)
+    model = AttentiveProbe(12, 4, width=8, heads=2, mean=mean, std=std, generator=g)
+    with torch.no_grad():
+        model.query.normal_(generator=g)
+        model.head.weight.normal_(generator=g)
+    # The reference: x standardised per channel; q, k, v as multi-head attention with one query; a linear head.
+    x = (tokens - mean) / std  # (B, T, E)
+    q = model.query[None, :, None, :].expand(5, -1, -1, -1)  # (B, H, 1, d)
+    k = torch.einsum("bte,hde->bhtd", x, model.keys)  # (B, H, T, d)
+    v = torch.einsum("bte,hde->bhtd", x, model.values)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (B, H, 1, d)
+    expected = model.head(out.flatten(1))
+    torch.testing.assert_close(model(tokens), expected, rtol=1e-4, atol=1e-5)
+    # With one token attention is the identity: the probe is linear in the standardised token.
+    single = AttentiveProbe(12, 4, width=8, heads=2, generator=g)
+    torch.nn.init.normal_(single.head.weight, generator=g)
+    one = tokens[:, :1]
+    linear = single.head(torch.einsum("be,hde->bhd", one[:, 0], single.values).flatten(1))
+    torch.testing.assert_close(single(one), linear, rtol=1e-4, atol=1e-5)
+
+
+def test_encode_views_returns_tokens_and_pooled_and_a_pooled_encoder_gets_one_token():
+    views = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+
+    def token_encoder(x: torch.Tensor) -> EncodedViews:
+        patches = torch.nn.functional.unfold(x, 4, stride=4).transpose(1, 2)  # (B, 4, 48)
+        return EncodedViews(tokens=patches, pooled=patches.amax(1))
+
+    encoded = encode_views(token_encoder, views, batch_size=4)
+    normalised = normalise_views(views)
+    expected = torch.nn.functional.unfold(normalised, 4, stride=4).transpose(1, 2)
+    assert encoded.tokens.shape == (6, 4, 48) and encoded.tokens.dtype == torch.bfloat16
+    assert encoded.pooled.dtype == torch.float32
+    torch.testing.assert_close(encoded.tokens.float(), expected, rtol=1e-2, atol=1e-2)  # bfloat16: 8 bits
+    torch.testing.assert_close(encoded.pooled, expected.amax(1))
+    torch.testing.assert_close(extract_features(token_encoder, views), expected.amax(1))
+    full = encode_views(token_encoder, views, token_dtype=torch.float32)
+    torch.testing.assert_close(full.tokens, expected)
+    pooled_only = encode_views(lambda x: x.mean((2, 3)), views)
+    assert pooled_only.tokens.shape == (6, 1, 3)
+    torch.testing.assert_close(pooled_only.tokens[:, 0].float(), pooled_only.pooled, rtol=1e-2, atol=1e-2)
+
+
+def test_colour_grid_encoder_against_hand_computed_cells():
+    colour = torch.tensor([200, 30, 90], dtype=torch.uint8)
+    constant = colour.view(1, 3, 1, 1).expand(2, 3, 8, 8).contiguous()
+    out = ColourGridEncoder()(normalise_views(constant))
+    assert out.tokens.shape == (2, 16, 3) and out.pooled.shape == (2, 48)
+    torch.testing.assert_close(out.tokens, (colour / 255.0).expand(2, 16, 3))
+    torch.testing.assert_close(out.pooled, (colour / 255.0).repeat_interleave(16).expand(2, 48))  # channel-major
+    # Top half red, bottom half blue: the cells are row-major, so tokens 0-7 are red and 8-15 blue.
+    halves = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    halves[0, 0, :4], halves[0, 2, 4:] = 255, 255
+    tokens = ColourGridEncoder()(normalise_views(halves)).tokens[0]
+    torch.testing.assert_close(tokens[:8], torch.tensor([1.0, 0.0, 0.0]).expand(8, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(tokens[8:], torch.tensor([0.0, 0.0, 1.0]).expand(8, 3), atol=1e-6, rtol=0)
+    # A 2 x 2 grid of an 8 x 8 view with one white pixel in the top-left cell: that cell's mean is 1/16.
+    dot = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    dot[0, :, 0, 0] = 255
+    torch.testing.assert_close(colour_grid_features(dot, grid=2)[0, [0, 1, 4, 8]],
+                               torch.tensor([1 / 16, 0.0, 1 / 16, 1 / 16]), atol=1e-6, rtol=0)
+
+
+def test_min_crop_area_enlarges_small_crops_and_keeps_large_ones():
+    # (height, width) 100 x 200: the minimum crop is a square of sqrt(0.05 * 20000) = 31.62 px.
+    sizes = torch.tensor([[100, 200]] * 3)
+    boxes = torch.tensor([[0.5, 0.5, 0.51, 0.52],  # 2 x 2 px in the middle
+                          [0.0, 0.0, 0.01, 0.01],  # a tiny box in the corner
+                          [0.3, 0.2, 0.55, 0.6]])  # 50 x 40 px: its 60 px context square is larger
+    crops = crop_boxes(boxes, sizes, min_area=0.05)
+    area = (crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1])
+    torch.testing.assert_close(area[:2], torch.tensor([0.05, 0.05]))
+    pixels = (crops[:, 2:] - crops[:, :2]) * torch.tensor([200.0, 100.0])
+    torch.testing.assert_close(pixels[:2], torch.full((2, 2), 1000**0.5))  # square in pixels
+    torch.testing.assert_close((crops[0, :2] + crops[0, 2:]) / 2, (boxes[0, :2] + boxes[0, 2:]) / 2)  # same centre
+    assert crops[1, :2].tolist() == [0.0, 0.0]  # shifted into the image
+    assert (crops[:, :2] <= boxes[:, :2]).all() and (crops[:, 2:] >= boxes[:, 2:]).all()
+    torch.testing.assert_close(crops[2], crop_boxes(boxes[2:], sizes[2:], min_area=0.0)[0])
+    torch.testing.assert_close(pixels[2], torch.tensor([60.0, 60.0]))
+    whole = crop_boxes(boxes[:1], sizes[:1], min_area=1.0)  # larger than the image's height: clipped to it
+    torch.testing.assert_close(whole * torch.tensor([200.0, 100.0, 200.0, 100.0]),
+                               torch.tensor([[101.0 - 70.71, 0.0, 101.0 + 70.71, 100.0]]), atol=0.02, rtol=0)
+
+
+def test_probe_data_crops_cover_at_least_the_minimum_area(banks):
+    for min_area in (0.0, 0.05, 0.2):
+        data = probe_data(*banks, view_size=16, min_crop_area=min_area)
+        assert data.min_crop_area == min_area
+        for split in (data.train, data.val):
+            area = (split.crop_boxes[:, 2] - split.crop_boxes[:, 0]) * (split.crop_boxes[:, 3] - split.crop_boxes[:, 1])
+            assert float(area.min()) >= min_area - 1e-5  # square images: no crop is clipped below the floor
+    assert probe.MIN_CROP_AREA == probe.EnvParams.min_scale == 0.05
+
+
+def test_probes_with_tokens_and_the_floor_row_on_shapes(data):
+    class TokenConv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 8, 4, stride=4)
+
+        def forward(self, x: torch.Tensor) -> EncodedViews:
+            tokens = self.conv(x).flatten(2).transpose(1, 2)  # (B, 64, 8)
+            return EncodedViews(tokens=tokens, pooled=tokens.mean(1))
+
+    rows = probe_encoders({"conv": TokenConv()}, data, epochs=2, progress=False, attentive_epochs=2)
+    assert list(rows) == ["conv", COLOUR_GRID]
+    for scores in rows.values():
+        assert {"attn_presence_map", "attn_box_top1"} <= set(scores)
+        assert all(0.0 <= scores[key] <= 1.0 for key in scores if key != "count_mae"), scores
+    floor = run_probes(ColourGridEncoder(), data, epochs=2, progress=False, attentive_epochs=2)
+    assert floor == rows[COLOUR_GRID]  # exactly the protocol of run_probes
+
+
+def test_format_probe_table_lines_up_rows_and_marks_missing_scores():
+    table = format_probe_table({"pretrained": {"box_top1": 0.5, "count_mae": 12.25},
+                                "colour grid": {"box_top1": 0.125}})
+    assert table.splitlines() == [
+        "encoder      box_top1  count_mae",
+        "-----------  --------  ---------",
+        "pretrained     0.5000    12.2500",
+        "colour grid    0.1250          -",
+    ]
+    assert format_probe_table({"a": {"x": 1 / 3}}, digits=2).splitlines()[-1] == "a        0.33"
+
+
+def test_new_inputs_raise_value_errors_naming_the_value(banks, data):
+    tokens, labels = torch.zeros(4, 3, 16), torch.zeros(4, dtype=torch.int64)
+    presence = torch.ones(4, NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"train tokens must be \[N, T, E\], got shape \(4, 16\)"):
+        attentive_classification_probe(tokens[:, 0], labels, tokens, labels, NUM_CLASSES)
+    with pytest.raises(ValueError, match="val tokens are empty"):
+        attentive_presence_probe(tokens, presence, tokens[:0], presence[:0])
+    with pytest.raises(ValueError, match="train tokens have E = 16 but val tokens have E = 8"):
+        attentive_classification_probe(tokens, labels, tokens[..., :8], labels, NUM_CLASSES)
+    with pytest.raises(ValueError, match="4 rows but the targets have 3"):
+        attentive_presence_probe(tokens, presence[:3], tokens, presence)
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        attentive_classification_probe(tokens, labels + 3, tokens, labels, 3)
+    with pytest.raises(ValueError, match="heads dividing width.*width=10, heads=4"):
+        AttentiveProbe(16, 2, width=10, heads=4)
+    views = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="returned a dict; expected a tensor"):
+        encode_views(lambda x: {"tokens": x}, views)
+    with pytest.raises(ValueError, match=r"tokens of shape \(2, 3, 8, 8\) and pooled features of shape \(2, 3\)"):
+        encode_views(lambda x: EncodedViews(tokens=x, pooled=x.mean((2, 3))), views)
+    with pytest.raises(ValueError, match=r"\(2, 3, 6, 6\) do not fit grid=4"):
+        ColourGridEncoder()(torch.zeros(2, 3, 6, 6))
+    with pytest.raises(ValueError, match="grid must be a positive integer.*0"):
+        ColourGridEncoder(0)
+    with pytest.raises(ValueError, match="min_area must be a fraction of the image's area in \\[0, 1\\], got 1.5"):
+        crop_boxes(torch.zeros(1, 4), torch.ones(1, 2, dtype=torch.int64), min_area=1.5)
+    with pytest.raises(ValueError, match="min_crop_area must be a fraction.*got -0.1"):
+        probe_data(*banks, view_size=16, min_crop_area=-0.1)
+    with pytest.raises(ValueError, match="rows is empty"):
+        format_probe_table({})
+    with pytest.raises(ValueError, match="named 'colour grid'"):
+        probe_encoders({COLOUR_GRID: _tiny_encoder()}, data, progress=False)
+    with pytest.raises(ValueError, match="encoders is empty"):
+        probe_encoders({}, data, colour_grid=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import json
 import os
 import re
@@ -13,13 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from view_env.data import shapes
+from view_env.data import ShapesDataset, shapes
+from view_env.data.errors import DatasetFormatError
 from view_env.data.shapes import (
     CATEGORIES,
     COLOURS,
+    GENERATOR_VERSION,
     SHAPES,
     TEXTURES,
     box_relations,
+    colour_word,
     default_shapes_root,
     ensure_shapes,
     generate_scene,
@@ -39,12 +43,46 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_categories_are_shape_times_colour_in_fixed_order() -> None:
-    assert len(CATEGORIES) >= 24
+def test_categories_are_shapes_never_colours() -> None:
+    assert CATEGORIES == SHAPES and 8 <= len(CATEGORIES) <= 12
     assert len(set(CATEGORIES)) == len(CATEGORIES)
-    assert CATEGORIES[0] == f"{COLOURS[0]} {SHAPES[0]}"
-    assert CATEGORIES == tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+    assert not {word for name in CATEGORIES for word in name.split(" ")} & (set(COLOURS) | set(TEXTURES))
     assert "solid" in TEXTURES
+
+
+def test_colour_word_hand_checked() -> None:
+    assert colour_word(0.0, 1.0, 1.0) == colour_word(0.99, 0.8, 0.6) == "red"
+    assert colour_word(0.62, 0.9, 0.8) == "blue"
+    assert colour_word(1 / 3, 0.7, 0.5) == "green"
+    assert colour_word(0.08, 0.9, 0.95) == "orange"
+    assert colour_word(0.08, 0.9, 0.45) == "brown"
+    assert colour_word(0.5, 0.1, 0.9) == "white"
+    assert colour_word(0.5, 0.1, 0.5) == "grey"
+
+
+def test_object_colours_are_drawn_independently_of_the_shape() -> None:
+    """Each object's colour word is the word of its drawn colour, and every shape comes in many colours."""
+    words: dict[str, set[str]] = {shape: set() for shape in SHAPES}
+    for scene in _scenes(100):
+        assert scene.rgb.dtype == np.float32 and scene.rgb.shape == (len(scene.labels), 3)
+        for label, colour, rgb in zip(scene.labels.tolist(), scene.colours, scene.rgb.tolist(), strict=True):
+            assert colour in COLOURS and colour == colour_word(*colorsys.rgb_to_hsv(*(v / 255.0 for v in rgb)))
+            words[SHAPES[label]].add(colour)
+    assert all(len(seen) >= 6 for seen in words.values()), words
+
+
+def test_background_varies_across_the_image() -> None:
+    """The background is several independently drawn colours, not one tint: its quadrants' mean colours differ."""
+    spreads = []
+    for index in range(40):
+        background, kind = shapes._background(np.random.default_rng([0, 0, index]), SIZE)
+        assert background.dtype == np.float32 and background.shape == (SIZE, SIZE, 3)
+        assert kind in shapes._BACKGROUND_WORDS
+        assert 0.0 <= background.min() and background.max() <= 255.0
+        half = SIZE // 2
+        quadrants = background.reshape(2, half, 2, half, 3).mean(axis=(1, 3)).reshape(4, 3)
+        spreads.append(np.linalg.norm(quadrants[:, None] - quadrants[None], axis=-1).max())
+    assert np.median(spreads) > 30.0, spreads
 
 
 def test_generate_scene_is_deterministic() -> None:
@@ -140,7 +178,7 @@ def _find(scene: shapes.Scene, phrase: str) -> int:
     matches = [
         k
         for k, label in enumerate(scene.labels.tolist())
-        if CATEGORIES[label] == name and texture in (None, scene.textures[k])
+        if f"{scene.colours[k]} {SHAPES[label]}" == name and texture in (None, scene.textures[k])
     ]
     if texture is None:
         assert len(matches) == 1, (phrase, scene.captions)
@@ -185,7 +223,7 @@ def test_write_shapes_layout_and_schema(tmp_path: Path) -> None:
             assert re.fullmatch(r"\d{12}\.jpg", image["file_name"])
             with Image.open(root / f"{split}2017" / image["file_name"]) as decoded:
                 assert decoded.size == (SIZE, SIZE) and decoded.format == "JPEG"
-        assert instances["categories"][0] == {"id": 1, "name": CATEGORIES[0], "supercategory": SHAPES[0]}
+        assert instances["categories"][0] == {"id": 1, "name": CATEGORIES[0], "supercategory": "shape"}
         assert [c["id"] for c in instances["categories"]] == list(range(1, len(CATEGORIES) + 1))
         for annotation in instances["annotations"]:
             assert set(annotation) >= {"id", "image_id", "category_id", "bbox", "area", "iscrowd"}
@@ -266,9 +304,19 @@ def test_bad_scene_arguments_are_named() -> None:
 
 def test_default_root_lives_in_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIEW_ENV_CACHE", str(tmp_path))
-    assert default_shapes_root() == tmp_path / "shapes-v1-10000-1000-128-0"
+    assert default_shapes_root() == tmp_path / f"{GENERATOR_VERSION}-10000-1000-128-0"
     root = ensure_shapes(num_train=2, num_val=1, image_size=SIZE, seed=3, progress=False)
-    assert root == tmp_path / "shapes-v1-2-1-64-3" and (root / "shapes.json").is_file()
+    assert root == tmp_path / f"{GENERATOR_VERSION}-2-1-64-3" and (root / "shapes.json").is_file()
+
+
+def test_a_set_of_another_generator_version_is_never_read(tmp_path: Path) -> None:
+    root = write_shapes(tmp_path / "set", num_train=2, num_val=1, image_size=SIZE, workers=1, progress=False)
+    marker = json.loads((root / "shapes.json").read_text())
+    (root / "shapes.json").write_text(json.dumps({**marker, "generator": "shapes-v1"}))
+    with pytest.raises(DatasetFormatError, match=f"generator 'shapes-v1', not the current '{GENERATOR_VERSION}'"):
+        ShapesDataset(root, split="train", progress=False)
+    with pytest.raises(FileExistsError, match="shapes-v1"):
+        ensure_shapes(root, num_train=2, num_val=1, image_size=SIZE, progress=False)
 
 
 def test_ensure_shapes_from_two_processes_at_once(tmp_path: Path) -> None:

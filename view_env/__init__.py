@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from view_env.core import AUGMENTATIONS, IDENTITY, EnvParams, augment, initial_boxes, strength_to_aug
+
+__all__ = ["AUGMENTATIONS", "ENV_IDS", "IDENTITY", "EnvParams", "augment", "initial_boxes", "strength_to_aug"]
+
 __version__ = "0.1.0"
 
 #: Registered ids and the data source each one reads.

@@ -33,7 +33,7 @@ TOGGLED: dict[str, float] = {
 GEOMETRY_ACTIONS: tuple[str, ...] = (
     "noop", "pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out", "wider", "taller",
 )
-ACTION_MODES = ("discrete", "continuous")
+ACTION_MODES = ("discrete", "continuous", "absolute")
 OBS_MODES = ("view", "dict")
 
 Task = str | Callable[[torch.Tensor], torch.Tensor]
@@ -47,7 +47,9 @@ class EnvParams:
         obs_size: Side ``S`` of the rendered square view, in pixels.
         max_episode_steps: Episodes are truncated after this many steps; ``None`` never truncates (the single
             environment made by ``gym.make`` leaves truncation to Gymnasium's ``TimeLimit`` wrapper).
-        action_mode: ``"discrete"`` (primitive moves and augmentation toggles) or ``"continuous"``.
+        action_mode: ``"discrete"`` (primitive moves and augmentation toggles), ``"continuous"`` (the relative
+            box of the new view in the old one's frame) or ``"absolute"`` (the new view's box in image
+            coordinates: a jump to any view, e.g. an independent RandomResizedCrop draw).
         obs_mode: ``"view"`` (the image alone) or ``"dict"`` (``view``, ``box``, ``target``).
         augmentations: The enabled augmentations, a subset of :data:`AUGMENTATIONS` in that order.
         min_scale: Smallest view area as a fraction of the image area.
@@ -61,6 +63,9 @@ class EnvParams:
         init_scale: Range of the initial view's area (fraction of the image), drawn log-uniformly; ``(1, 1)``
             starts every episode from the whole image.
         init_aspect: Range of the initial view's pixel aspect, drawn log-uniformly.
+        init_augment: Begin each episode with every enabled augmentation at a random strength, drawn uniformly in
+            ``[-1, 1]`` as a uniform continuous action would (see :func:`strength_to_aug`); ``False`` begins at the
+            identity.
         coverage_grid: Annotations are measured on a ``G x G`` grid of points inside the view.
         success_coverage: Search succeeds when the target covers this fraction of the view (or, for targets too
             small to reach it at ``min_scale``, 80% of what they can reach).
@@ -81,6 +86,7 @@ class EnvParams:
     max_log_aspect: float = math.log(1.5)
     init_scale: tuple[float, float] = (0.25, 1.0)
     init_aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    init_augment: bool = False
     coverage_grid: int = 16
     success_coverage: float = 0.3
 
@@ -108,6 +114,7 @@ class EnvParams:
              "init_scale", f"(low, high) with min_scale={self.min_scale} <= low <= high <= 1")
         need(len(self.init_aspect) == 2 and 0 < self.init_aspect[0] <= self.init_aspect[1], "init_aspect",
              "(low, high) with 0 < low <= high")
+        need(isinstance(self.init_augment, bool), "init_augment", "True or False")
         need(isinstance(self.coverage_grid, int) and self.coverage_grid >= 2, "coverage_grid", "an integer >= 2")
         need(0 < self.success_coverage <= 1, "success_coverage", "a fraction in (0, 1]")
 
@@ -118,7 +125,8 @@ class EnvParams:
 
     @property
     def action_dim(self) -> int:
-        """Length of a continuous action: ``dx, dy, log-scale, log-aspect``, then one strength per augmentation."""
+        """Length of a continuous or absolute action: four box entries (``dx, dy, log-scale, log-aspect``, or
+        ``x0, y0, x1, y1``), then one strength per enabled augmentation."""
         return 4 + len(self.augmentations)
 
     def action_names(self) -> tuple[str, ...]:
@@ -213,6 +221,10 @@ def _unpack(box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 def initial_boxes(uniforms: torch.Tensor, aspect: torch.Tensor, params: EnvParams) -> torch.Tensor:
     """Random initial views, like RandomResizedCrop: log-uniform area and pixel aspect, uniform position.
 
+    A draw that does not fit in the image (a side longer than the image's) is shrunk about its aspect until it
+    fits, as torchvision's RandomResizedCrop falls back to a smaller crop, so the pixel aspect always stays within
+    ``init_aspect``.
+
     Args:
         uniforms: ``float32 [N, 4]`` uniform draws in ``[0, 1)``.
         aspect: ``float32 [N]`` image width / height.
@@ -224,8 +236,10 @@ def initial_boxes(uniforms: torch.Tensor, aspect: torch.Tensor, params: EnvParam
     area = torch.exp(lo + (hi - lo) * uniforms[:, 0])
     alo, ahi = (math.log(v) for v in params.init_aspect)
     ratio = torch.exp(alo + (ahi - alo) * uniforms[:, 1]) / aspect
-    w = torch.sqrt(area * ratio).clamp(max=1.0)
-    h = torch.sqrt(area / ratio).clamp(max=1.0)
+    w = torch.sqrt(area * ratio)
+    h = torch.sqrt(area / ratio)
+    fit = torch.minimum(1 / w, 1 / h).clamp(max=1.0)  # shrink, keeping the aspect, where a side exceeds the image
+    w, h = w * fit, h * fit
     cx = w / 2 + (1 - w) * uniforms[:, 2]
     cy = h / 2 + (1 - h) * uniforms[:, 3]
     return legal_box(cx, cy, w, h, aspect, params)
@@ -297,10 +311,32 @@ def apply_continuous(box: torch.Tensor, aug: torch.Tensor, action: torch.Tensor,
     stretch = torch.exp(action[:, 3] * params.max_log_aspect / 2)
     new_box = legal_box(cx + action[:, 0] * params.max_pan * w, cy + action[:, 1] * params.max_pan * h,
                         w * scale * stretch, h * scale / stretch, aspect, params)
+    return new_box, augment(aug, action[:, 4:], params)
+
+
+def apply_absolute(box: torch.Tensor, aug: torch.Tensor, action: torch.Tensor, aspect: torch.Tensor,
+                   params: EnvParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply absolute actions ``float32 [N, 4 + A]``: the new view's box, then augmentation strengths.
+
+    The first four entries are the corners ``x0, y0, x1, y1`` of the new view in normalised image coordinates
+    (clamped to ``[0, 1]``; the box spans them in whichever order they come), projected onto the legal views like
+    every other move; the strengths in ``[-1, 1]`` set each enabled augmentation through :func:`strength_to_aug`.
+    The old box does not matter: an absolute action can jump to any view of the image.
+    """
+    corners = action[:, :4].clamp(0, 1)
+    low, high = torch.minimum(corners[:, :2], corners[:, 2:]), torch.maximum(corners[:, :2], corners[:, 2:])
+    centre, size = (low + high) / 2, high - low
+    new_box = legal_box(centre[:, 0], centre[:, 1], size[:, 0], size[:, 1], aspect, params)
+    return new_box, augment(aug, action[:, 4:].clamp(-1, 1), params)
+
+
+def augment(aug: torch.Tensor, strengths: torch.Tensor, params: EnvParams) -> torch.Tensor:
+    """Set each enabled augmentation of ``aug`` (``float32 [N, 7]``) from its strength (``float32 [N, A]`` in
+    ``[-1, 1]``, columns in the order of ``params.augmentations``); a new tensor."""
     new_aug = aug.clone()
     for k, name in enumerate(params.augmentations):
-        new_aug[:, AUGMENTATIONS.index(name)] = strength_to_aug(name, action[:, 4 + k])
-    return new_box, new_aug
+        new_aug[:, AUGMENTATIONS.index(name)] = strength_to_aug(name, strengths[:, k])
+    return new_aug
 
 
 def coverage(view: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, num_categories: int,
@@ -384,7 +420,7 @@ def reset_state(state: EnvState, mask: torch.Tensor, seed: int, env_ids: torch.T
         search: Draw search targets.
     """
     episode = state.episode + mask.long()  # the counter of a fresh episode
-    u = rng.uniform(seed, env_ids, episode, 6)
+    u = rng.uniform(seed, env_ids, episode, 6 + len(params.augmentations))
     slot = (u[:, 0] * num_images).long().clamp(max=num_images - 1)
     aspect = image_aspect(sizes[slot])
     box = initial_boxes(u[:, 1:5], aspect, params)
@@ -392,8 +428,10 @@ def reset_state(state: EnvState, mask: torch.Tensor, seed: int, env_ids: torch.T
         target, target_coverage = draw_targets(u[:, 5], labels[slot], boxes[slot], params)
     else:
         target, target_coverage = torch.full_like(slot, -1), torch.ones_like(u[:, 5])
-    fresh = EnvState(slot, box, identity_aug(len(slot), box.device), torch.zeros_like(slot), episode, target,
-                     target_coverage)
+    aug = identity_aug(len(slot), box.device)
+    if params.init_augment:
+        aug = augment(aug, u[:, 6:] * 2 - 1, params)
+    fresh = EnvState(slot, box, aug, torch.zeros_like(slot), episode, target, target_coverage)
     return state.where(mask, fresh)
 
 
@@ -402,8 +440,10 @@ def step_state(state: EnvState, action: torch.Tensor, sizes: torch.Tensor, param
     aspect = image_aspect(sizes[state.slot])
     if params.action_mode == "discrete":
         box, aug = apply_discrete(state.box, state.aug, action, aspect, params)
-    else:
+    elif params.action_mode == "continuous":
         box, aug = apply_continuous(state.box, state.aug, action, aspect, params)
+    else:
+        box, aug = apply_absolute(state.box, state.aug, action, aspect, params)
     return replace(state, box=box, aug=aug, step=state.step + 1)
 
 

@@ -135,8 +135,11 @@ class ViewTransformVectorEnv(VectorEnv):
         if self.params.action_mode == "discrete":
             self.single_action_space = gym.spaces.Discrete(self.params.num_actions + extra)
         else:
-            self.single_action_space = gym.spaces.Box(-1.0, 1.0, (self.params.action_dim + (1 if temporal else 0),),
-                                                      np.float32)
+            dim = self.params.action_dim + (1 if temporal else 0)
+            low = np.full(dim, -1.0, np.float32)
+            if self.params.action_mode == "absolute":
+                low[:4] = 0.0  # the new view's corners, in normalised image coordinates
+            self.single_action_space = gym.spaces.Box(low, np.ones(dim, np.float32), (dim,), np.float32)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
@@ -337,16 +340,18 @@ class ViewTransformVectorEnv(VectorEnv):
                                  f"{tensor[bad][:5].tolist()}")
             return tensor
         d = self.single_action_space.shape[0]
+        mode = self.params.action_mode
         if tensor.shape != (n, d):
-            raise ValueError(f"continuous actions must have shape ({n}, {d}) for num_envs={n}, got "
+            raise ValueError(f"{mode} actions must have shape ({n}, {d}) for num_envs={n}, got "
                              f"{tuple(tensor.shape)}")
         if not tensor.dtype.is_floating_point:
-            raise TypeError(f"continuous actions must be floating point in [-1, 1], got dtype {tensor.dtype}")
+            raise TypeError(f"{mode} actions must be floating point (see the action space's bounds), got dtype "
+                            f"{tensor.dtype}")
         tensor = tensor.to(self.device, torch.float32)
         finite = torch.isfinite(tensor)
         if not bool(finite.all()):
             where = (~finite).any(dim=1).nonzero().flatten()[:5].tolist()
-            raise ValueError(f"continuous actions must be finite; environments {where} hold NaN or inf: "
+            raise ValueError(f"{mode} actions must be finite; environments {where} hold NaN or inf: "
                              f"{tensor[where].tolist()}")
         return tensor
 
@@ -376,6 +381,7 @@ class ViewTransformVectorEnv(VectorEnv):
             "annotation": annotation,
             "box": self.state.box.clone(),
             "image_index": self.bank.dataset_index[self.state.slot],
+            "image_size": self.bank.sizes[self.state.slot],
             "aug": self.state.aug.clone(),
         }
         if self.task == "search":

@@ -1,7 +1,23 @@
 """Shapes: a deterministic procedural data set of cluttered multi-object scenes, written in the COCO 2017 layout.
 
-Each image shows 2 to 8 textured shapes (6 shapes x 5 colours = 30 categories) on a muted textured background,
-with occlusion in painter's order, visible-pixel boxes and 5 template captions derived from the scene geometry.
+Each image shows 2 to 8 shapes on a background of several independently coloured regions, with occlusion in
+painter's order, visible-pixel boxes and 5 template captions derived from the scene geometry.
+
+Categories are shapes, never colours: the 10 :data:`SHAPES` are circle, square, triangle, star, hexagon, cross,
+ring, crescent, heart and arrow. The first six are the classic synthetic-scene shapes; the last four were added
+because each differs from all the others in a way that survives 16 to 32 px: a ring is the only shape with a hole,
+a crescent the only concave round one, a heart the only one with two lobes and a point, an arrow the only one
+with a thin shaft. Near-duplicates (pentagon vs hexagon, ellipse vs circle) are left out.
+
+Colour is a nuisance. Every object's colour is drawn independently of its category (uniform hue, saturation in
+``[0, 1]``, value in ``[1/3, 1]``: each RGB channel has mean 1/2) and every background is a low-frequency field or
+a patchwork of 4 or more independently drawn muted colours with the same channel means, so mean colours, within a
+crop or over a grid of cells, say next to nothing about the category, and a crop's background little about which
+image it came from. An object's colour is redrawn (its category untouched) while it would not stand out from the
+pixels it covers. Textures (solid, striped, dotted, checkered) are per-object nuisances too. Captions name each
+object's shape, a colour word derived from its drawn colour (:func:`colour_word`), its texture, counts and spatial
+relations, all true of the image.
+
 Image ``i`` of a split depends only on ``(seed, split, i)``, so a set is identical whatever the number of worker
 processes that wrote it. The set on disk is read by the COCO loader like the real COCO 2017::
 
@@ -17,7 +33,6 @@ into :func:`view_env.data.base.cache_dir` on first use and returns its path afte
 
 from __future__ import annotations
 
-import colorsys
 import fcntl
 import json
 import math
@@ -36,20 +51,25 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from view_env.data.base import cache_dir
+from view_env.data.errors import DatasetFormatError
 
-#: Shape names, in category order.
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
-#: Colour names, in category order.
-COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
+#: Shape names, in category order; each is one category.
+SHAPES: tuple[str, ...] = (
+    "circle", "square", "triangle", "star", "hexagon", "cross", "ring", "crescent", "heart", "arrow"
+)
+#: Category names (the shapes); COCO category id = position + 1.
+CATEGORIES: tuple[str, ...] = SHAPES
+#: Colour words captions may use, derived from each object's drawn colour by :func:`colour_word`; not categories.
+COLOURS: tuple[str, ...] = ("red", "orange", "brown", "yellow", "green", "cyan", "blue", "purple", "pink", "grey",
+                            "white")
 #: Per-object surface textures: nuisance variation that captions may mention, not categories.
 TEXTURES: tuple[str, ...] = ("solid", "striped", "dotted", "checkered")
-#: Category names ``"<colour> <shape>"``, colour-major; COCO category id = position + 1.
-CATEGORIES: tuple[str, ...] = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
 #: Split names; the COCO folders are ``<split>2017``.
 SPLITS: tuple[str, ...] = ("train", "val")
 
-#: Version tag of the generator; a change to the images or annotations must change it.
-GENERATOR_VERSION = "shapes-v1"
+#: Version tag of the generator; a change to the images or annotations must change it (it names the cache folder
+#: and is checked in the marker, so a set of another version is never read as this one).
+GENERATOR_VERSION = "shapes-v2"
 MARKER_NAME = "shapes.json"
 
 MIN_OBJECTS = 2
@@ -63,45 +83,106 @@ MIN_SIZE_PIXELS = 6.0
 MIN_VISIBLE_FRACTION = 0.3
 MIN_IMAGE_SIZE = 32
 JPEG_QUALITY = 95
+#: An object's colour is redrawn until the RGB distance (0..255 per channel) from it to all but the closest
+#: ``MIN_CONTRAST_QUANTILE`` of the pixels it covers is at least ``MIN_CONTRAST`` (of up to 16 draws; failing
+#: that, the draw that stands out most).
+MIN_CONTRAST = 70.0
+MIN_CONTRAST_QUANTILE = 0.2
 
 _SPLIT_CODES = {"train": 0, "val": 1}
 _SUPERSAMPLE = 3
 _ATTEMPTS_PER_OBJECT = 30
 _MAX_ATTEMPTS = 1000
 _TEXTURE_MIN_SIZE = 16.0
-# Hue (degrees), saturation range and value range of each colour: hues at least ~50 degrees apart, so colour
-# names stay unambiguous under the per-object jitter and the lighter/darker texture tints.
-_COLOUR_HSV = {
-    "red": (0.0, (0.75, 0.95), (0.72, 0.95)),
-    "green": (125.0, (0.65, 0.9), (0.55, 0.85)),
-    "blue": (220.0, (0.7, 0.92), (0.7, 0.95)),
-    "yellow": (52.0, (0.75, 0.95), (0.88, 1.0)),
-    "purple": (285.0, (0.55, 0.8), (0.55, 0.85)),
+_COLOUR_CANDIDATES = 16
+# Object colours: HSV with uniform hue, saturation in [0, 1] and value in [1/3, 1]. Over a uniform hue a channel
+# averages value * (1 - saturation / 2), so every channel has mean 2/3 * 3/4 = 1/2.
+_OBJECT_SATURATION = (0.0, 1.0)
+_OBJECT_VALUE = (1.0 / 3.0, 1.0)
+# Background colours: muted (saturation in [0, 0.45]), with value in [0.25, 0.877] so that every channel has the
+# objects' mean 1/2 as well (0.5635 * (1 - 0.1125) = 0.5): a mean colour does not tell object from background.
+_BACKGROUND_SATURATION = (0.0, 0.45)
+_BACKGROUND_VALUE = (0.25, 0.877)
+# A texture's second colour and an outline move the object's colour towards white or black by these fractions;
+# the texture's direction is a fair coin, so (with channel means of 1/2) textures do not shift the mean colour.
+_TINT = 0.4
+_OUTLINE = 0.55
+# Rotation range (degrees) of each shape; round symmetric shapes do not rotate, squares, crosses and hearts tilt.
+_ROTATION = {
+    "circle": 0.0, "square": 30.0, "triangle": 180.0, "star": 180.0, "hexagon": 30.0, "cross": 30.0, "ring": 0.0,
+    "crescent": 180.0, "heart": 30.0, "arrow": 180.0,
 }
-_HUE_JITTER = 8.0
-# Rotation range (degrees) of each shape; the circle does not rotate, squares and crosses only tilt.
-_ROTATION = {"circle": 0.0, "square": 30.0, "triangle": 180.0, "star": 180.0, "hexagon": 30.0, "cross": 30.0}
 _PLURALS = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
-_BACKGROUND_WORDS = {"gradient": "softly shaded", "noise": "mottled", "stripes": "faintly striped"}
+_BACKGROUND_WORDS = {
+    "shaded": "softly shaded", "mottled": "mottled", "patchwork": "patchwork", "striped": "faintly striped"
+}
+# Hue (degrees) upper ends of the chromatic colour words, red wrapping around 360.
+_HUE_WORDS = ((15.0, "red"), (45.0, "orange"), (70.0, "yellow"), (165.0, "green"), (195.0, "cyan"),
+              (260.0, "blue"), (290.0, "purple"), (335.0, "pink"), (360.0, "red"))
 
 
-def _unit_polygon(shape: str) -> np.ndarray:
-    """Vertices ``float64 [V, 2]`` of ``shape`` inscribed in the unit circle, centred on the origin."""
+def colour_word(hue: float, saturation: float, value: float) -> str:
+    """The word of :data:`COLOURS` that names an HSV colour (each component in ``[0, 1]``).
+
+    Low saturation (< 0.25) reads as ``"white"`` (value >= 0.85) or ``"grey"``; otherwise the hue picks the name,
+    and dark oranges and yellows (value < 0.55) read as ``"brown"``.
+    """
+    if saturation < 0.25:
+        return "white" if value >= 0.85 else "grey"
+    degrees = (hue % 1.0) * 360.0
+    word = next(name for end, name in _HUE_WORDS if degrees < end)
+    return "brown" if word in ("orange", "yellow") and value < 0.55 else word
+
+
+def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """``float [..., 3]`` HSV in ``[0, 1]`` -> ``float32 [..., 3]`` RGB in ``0..255`` (``colorsys``, vectorised).
+
+    Channel ``c`` is ``v - v s clip(min(k, 4 - k), 0, 1)`` with ``k = (n_c + 6 h) mod 6`` and ``n = (5, 3, 1)``.
+    """
+    hue, saturation, value = hsv[..., 0:1], hsv[..., 1:2], hsv[..., 2:3]
+    k = (np.array([5.0, 3.0, 1.0]) + 6.0 * hue) % 6.0  # (..., 3)
+    rgb = value - value * saturation * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+    return (rgb * 255.0).astype(np.float32)
+
+
+def _random_hsv(
+    rng: np.random.Generator, count: int, saturation: tuple[float, float], value: tuple[float, float]
+) -> np.ndarray:
+    """``float64 [count, 3]`` HSV colours with uniform hue and uniform saturation and value in the given ranges."""
+    return np.stack(
+        [rng.uniform(0.0, 1.0, count), rng.uniform(*saturation, count), rng.uniform(*value, count)], axis=1
+    )
+
+
+def _unit_shape(shape: str) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The outline of ``shape`` inscribed in the unit circle, centred on the origin.
+
+    Returns:
+        The filled polygon's vertices ``float64 [V, 2]`` and the polygons cut out of it afterwards (the ring's
+        hole, the disc that bites the crescent), each ``float64 [V', 2]``.
+    """
 
     def ring(count: int, start_degrees: float, radii: tuple[float, ...] = (1.0,)) -> np.ndarray:
         angles = np.deg2rad(start_degrees + np.arange(count) * 360.0 / count)
         radius = np.resize(np.asarray(radii), count)
         return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
 
+    disc = ring(64, 0.0)
+    if shape == "circle":
+        return disc, ()
+    if shape == "ring":
+        return disc, (0.55 * disc,)
+    if shape == "crescent":  # the unit disc less a disc of radius 0.8 shifted right: horns meet at x = 0.625
+        return disc, (0.8 * disc + np.array([0.45, 0.0]),)
     if shape == "square":
-        return ring(4, 45.0)
+        return ring(4, 45.0), ()
     if shape == "triangle":
-        return ring(3, -90.0)
+        return ring(3, -90.0), ()
     if shape == "star":
-        return ring(10, -90.0, (1.0, 0.42))
+        return ring(10, -90.0, (1.0, 0.42)), ()
     if shape == "hexagon":
-        return ring(6, 0.0)
+        return ring(6, 0.0), ()
     if shape == "cross":
         t = 0.34
         arm = math.sqrt(1.0 - t * t)
@@ -112,11 +193,20 @@ def _unit_polygon(shape: str) -> np.ndarray:
                 for _ in range(k):
                     x, y = -y, x
                 points.append((x, y))
-        return np.asarray(points)
-    raise ValueError(f"no polygon for shape {shape!r}; expected one of {SHAPES[1:]}")
+        return np.asarray(points), ()
+    if shape == "heart":  # the classic parametric heart, point down (image y grows downwards)
+        t = np.linspace(0.0, 2.0 * math.pi, 64, endpoint=False)
+        x = 16.0 * np.sin(t) ** 3
+        y = -(13.0 * np.cos(t) - 5.0 * np.cos(2 * t) - 2.0 * np.cos(3 * t) - np.cos(4 * t))
+        points = np.stack([x, y - (y.max() + y.min()) / 2.0], axis=1)
+        return points / np.linalg.norm(points, axis=1).max(), ()
+    if shape == "arrow":  # pointing right: a shaft of half-width 0.2 and a head of half-width 0.55
+        return np.array([(-0.95, -0.2), (0.1, -0.2), (0.1, -0.55), (1.0, 0.0), (0.1, 0.55), (0.1, 0.2),
+                         (-0.95, 0.2)]), ()
+    raise ValueError(f"no outline for shape {shape!r}; expected one of {SHAPES}")
 
 
-_POLYGONS = {shape: _unit_polygon(shape) for shape in SHAPES if shape != "circle"}
+_OUTLINES = {shape: _unit_shape(shape) for shape in SHAPES}
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,11 +218,13 @@ class Scene:
     Attributes:
         image: RGB image of ``image_size x image_size`` pixels.
         boxes: ``int64 [K, 4]`` box ``(x0, y0, x1, y1)`` of each object's visible pixels, end exclusive.
-        labels: ``int64 [K]`` index of each object's category into :data:`CATEGORIES`.
+        labels: ``int64 [K]`` index of each object's category (its shape) into :data:`CATEGORIES`.
         areas: ``int64 [K]`` number of visible pixels of each object.
         captions: Five captions naming objects, counts and spatial relations that hold in the image.
         instance_map: ``int16 [image_size, image_size]`` index of the object each pixel shows, -1 for background.
         textures: Texture of each object, from :data:`TEXTURES`.
+        colours: Colour word of each object, from :data:`COLOURS` (see :func:`colour_word`).
+        rgb: ``float32 [K, 3]`` base colour of each object in ``0..255``, before texture, shading and JPEG.
     """
 
     image: Image.Image
@@ -142,6 +234,8 @@ class Scene:
     captions: tuple[str, ...]
     instance_map: np.ndarray
     textures: tuple[str, ...]
+    colours: tuple[str, ...]
+    rgb: np.ndarray
 
 
 @dataclass
@@ -149,7 +243,6 @@ class _Object:
     """One placed object: its drawing parameters and its mask on the patch ``[y0:y1, x0:x1]``."""
 
     shape: str
-    colour: str
     texture: str
     cx: float
     cy: float
@@ -165,7 +258,7 @@ class _Object:
 
     @property
     def label(self) -> int:
-        return CATEGORIES.index(f"{self.colour} {self.shape}")
+        return CATEGORIES.index(self.shape)
 
     @property
     def region(self) -> tuple[slice, slice]:
@@ -187,14 +280,12 @@ def _check_split(split: str) -> int:
     return _SPLIT_CODES[split]
 
 
-def _draw_patch(
-    shape: str, cx: float, cy: float, radius: float, angle: float, box: tuple[int, int, int, int], outline: float = 0.0
-) -> np.ndarray:
-    """Rasterise a shape (filled, or only its inner outline band when ``outline > 0``) with anti-aliasing.
+def _draw_patch(shape: str, cx: float, cy: float, radius: float, angle: float, box: tuple[int, int, int, int]
+                ) -> np.ndarray:
+    """Rasterise a filled shape with anti-aliasing (supersampled, then box-filtered down).
 
     Args:
         box: Patch ``(x0, y0, x1, y1)`` in image pixels.
-        outline: Width in image pixels of the band just inside the contour, or 0 for the filled shape.
 
     Returns:
         ``float32 [y1 - y0, x1 - x0]`` pixel coverage in ``[0, 1]``.
@@ -203,26 +294,34 @@ def _draw_patch(
     s = _SUPERSAMPLE
     canvas = Image.new("L", ((x1 - x0) * s, (y1 - y0) * s), 0)
     draw = ImageDraw.Draw(canvas)
-    width = max(1, round(outline * s))
-    fill, line = (None, 255) if outline > 0 else (255, None)
+    cos, sin = math.cos(angle), math.sin(angle)
     # Supersampled pixel (i, j) covers [i, i + 1); its centre is at i + 0.5, hence the half-pixel shift.
     px, py = (cx - x0) * s - 0.5, (cy - y0) * s - 0.5
-    if shape == "circle":
-        r = radius * s
-        draw.ellipse((px - r, py - r, px + r, py + r), fill=fill, outline=line, width=width)
-    else:
-        cos, sin = math.cos(angle), math.sin(angle)
-        unit = _POLYGONS[shape]
-        xs = px + radius * s * (unit[:, 0] * cos - unit[:, 1] * sin)
-        ys = py + radius * s * (unit[:, 0] * sin + unit[:, 1] * cos)
-        draw.polygon(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=fill, outline=line, width=width)
+    outline, cuts = _OUTLINES[shape]
+    for polygon, fill in ((outline, 255), *((cut, 0) for cut in cuts)):
+        xs = px + radius * s * (polygon[:, 0] * cos - polygon[:, 1] * sin)
+        ys = py + radius * s * (polygon[:, 0] * sin + polygon[:, 1] * cos)
+        draw.polygon(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=fill)
     return np.asarray(canvas.reduce(s), dtype=np.float32) * (1.0 / 255.0)
+
+
+def _eroded(alpha: np.ndarray, width: int) -> np.ndarray:
+    """``float32 [h, w]``: coverage ``alpha`` eroded by a ``(2 width + 1)``-pixel square, outside the patch empty.
+
+    ``alpha`` less this is the band within ``width`` pixels of every contour, holes included.
+    """
+    padded = np.pad(alpha, width)
+    h, w = alpha.shape
+    eroded = alpha.copy()
+    for dy in range(2 * width + 1):
+        for dx in range(2 * width + 1):
+            np.minimum(eroded, padded[dy : dy + h, dx : dx + w], out=eroded)
+    return eroded
 
 
 def _sample_object(rng: np.random.Generator, image_size: int) -> _Object:
     """Draw a random object (category, texture, size, position, rotation) and rasterise its mask."""
     shape = SHAPES[rng.integers(len(SHAPES))]
-    colour = COLOURS[rng.integers(len(COLOURS))]
     low = max(MIN_SIZE_FRACTION * image_size, MIN_SIZE_PIXELS)
     high = max(MAX_SIZE_FRACTION * image_size, low)
     diameter = float(np.exp(rng.uniform(np.log(low), np.log(high))))
@@ -236,7 +335,7 @@ def _sample_object(rng: np.random.Generator, image_size: int) -> _Object:
     x1, y1 = min(image_size, math.ceil(cx + radius)), min(image_size, math.ceil(cy + radius))
     alpha = _draw_patch(shape, cx, cy, radius, angle, (x0, y0, x1, y1))
     mask = alpha >= 0.5
-    return _Object(shape, colour, texture, cx, cy, radius, angle, x0, y0, x1, y1, alpha, mask, int(mask.sum()))
+    return _Object(shape, texture, cx, cy, radius, angle, x0, y0, x1, y1, alpha, mask, int(mask.sum()))
 
 
 def _place_objects(rng: np.random.Generator, image_size: int) -> tuple[list[_Object], np.ndarray]:
@@ -274,53 +373,65 @@ def _place_objects(rng: np.random.Generator, image_size: int) -> tuple[list[_Obj
     return objects, owner
 
 
-def _muted_colour(rng: np.random.Generator) -> np.ndarray:
-    """A random low-saturation colour, ``float32 [3]`` in 0..255."""
-    rgb = colorsys.hsv_to_rgb(rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.22), rng.uniform(0.3, 0.8))
-    return np.asarray(rgb, dtype=np.float32) * 255.0
-
-
 def _background(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, str]:
-    """A muted textured background ``float32 [S, S, 3]`` in 0..255 and its kind (gradient, noise or stripes)."""
-    kind = ("gradient", "noise", "stripes")[rng.integers(3)]
-    first, second = _muted_colour(rng), _muted_colour(rng)
-    coords = np.arange(image_size, dtype=np.float32) / image_size
-    if kind == "gradient":
-        theta = rng.uniform(0.0, 2.0 * math.pi)
-        t = coords[None, :] * math.cos(theta) + coords[:, None] * math.sin(theta)
-        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    elif kind == "noise":
-        cells = int(rng.integers(3, 11))
-        grid = rng.uniform(0.0, 1.0, (cells, cells)).astype(np.float32)
-        t = np.asarray(Image.fromarray(grid, mode="F").resize((image_size, image_size), Image.Resampling.BICUBIC))
-        t = np.clip(t, 0.0, 1.0)
+    """A muted background ``float32 [S, S, 3]`` in 0..255 made of independently drawn colours, and its kind.
+
+    Kinds: ``shaded``, a bicubic field through a 2x2 or 3x3 grid of colours; ``mottled``, the same through a 4x4
+    to 6x6 grid; ``patchwork``, the Voronoi regions of 4 to 7 random points, one colour each; ``striped``, a shaded
+    field under faint stripes (5 to 12% brightness). Mild Gaussian grain covers all of them.
+    """
+    kind = ("shaded", "mottled", "patchwork", "striped")[rng.integers(4)]
+    if kind == "patchwork":
+        count = int(rng.integers(4, 8))
+        colours = _hsv_to_rgb(_random_hsv(rng, count, _BACKGROUND_SATURATION, _BACKGROUND_VALUE))  # (n, 3)
+        seeds = rng.uniform(0.0, image_size, (count, 2))  # (n, 2) as (x, y)
+        centres = np.arange(image_size, dtype=np.float64) + 0.5
+        distance = (centres[None, :, None] - seeds[:, 0]) ** 2 + (centres[:, None, None] - seeds[:, 1]) ** 2
+        canvas = colours[distance.argmin(-1)]  # (S, S, 3)
     else:
-        second = first + 0.4 * (second - first)  # stripes are busier than gradients: keep their contrast low
-        theta = rng.uniform(0.0, math.pi)
-        period = rng.uniform(6.0, 24.0) / image_size
-        phase = coords[None, :] * math.cos(theta) + coords[:, None] * math.sin(theta)
-        t = 0.5 + 0.5 * np.sin(2.0 * math.pi * phase / period)
-        if rng.random() < 0.5:
-            t = (t > 0.5).astype(np.float32)
-    t = t.astype(np.float32)[:, :, None]
-    canvas = first * (1.0 - t) + second * t
-    grain = rng.normal(0.0, rng.uniform(0.0, 6.0), (image_size, image_size, 1)).astype(np.float32)
-    return canvas + grain, kind
+        cells = int(rng.integers(4, 7)) if kind == "mottled" else int(rng.integers(2, 4))
+        grid = _hsv_to_rgb(_random_hsv(rng, cells * cells, _BACKGROUND_SATURATION, _BACKGROUND_VALUE))
+        grid = grid.reshape(cells, cells, 3)
+        size = (image_size, image_size)
+        canvas = np.stack(
+            [np.asarray(Image.fromarray(grid[:, :, c]).resize(size, Image.Resampling.BICUBIC)) for c in range(3)],
+            axis=-1,
+        )
+        if kind == "striped":
+            theta = rng.uniform(0.0, math.pi)
+            period = rng.uniform(6.0, 24.0)
+            coords = np.arange(image_size, dtype=np.float32)
+            phase = coords[None, :] * math.cos(theta) + coords[:, None] * math.sin(theta)
+            wave = np.sin(2.0 * math.pi * phase / period)
+            if rng.random() < 0.5:
+                wave = np.sign(wave)
+            canvas = canvas * (1.0 + rng.uniform(0.05, 0.12) * wave)[:, :, None]
+    grain = rng.normal(0.0, rng.uniform(0.0, 6.0), (image_size, image_size, 1))
+    return np.clip(canvas + grain, 0.0, 255.0).astype(np.float32), kind
 
 
-def _object_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
-    """A jittered version of ``colour``, ``float32 [3]`` in 0..255."""
-    hue, (s_low, s_high), (v_low, v_high) = _COLOUR_HSV[colour]
-    hue = (hue + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) % 360.0
-    rgb = colorsys.hsv_to_rgb(hue / 360.0, rng.uniform(s_low, s_high), rng.uniform(v_low, v_high))
-    return np.asarray(rgb, dtype=np.float32) * 255.0
+def _choose_colour(rng: np.random.Generator, canvas: np.ndarray, obj: _Object) -> np.ndarray:
+    """The HSV colour ``float64 [3]`` of ``obj``, drawn independently of its shape.
+
+    Of :data:`_COLOUR_CANDIDATES` random colours it is the first whose :data:`MIN_CONTRAST_QUANTILE` quantile of
+    RGB distances to the pixels of ``canvas`` (``float32 [S, S, 3]``) under the object's mask reaches
+    :data:`MIN_CONTRAST`, or the one with the largest such quantile when none does.
+    """
+    candidates = _random_hsv(rng, _COLOUR_CANDIDATES, _OBJECT_SATURATION, _OBJECT_VALUE)  # (n, 3)
+    covered = canvas[obj.region][obj.mask]  # (P, 3)
+    covered = covered[:: max(1, len(covered) // 256)]  # an even subsample is enough for a quantile
+    distance = np.linalg.norm(covered[None, :, :] - _hsv_to_rgb(candidates)[:, None, :], axis=-1)  # (n, P)
+    rank = int(MIN_CONTRAST_QUANTILE * (distance.shape[1] - 1))
+    contrast = np.partition(distance, rank, axis=1)[:, rank]  # (n,) the quantile, as the rank-th smallest
+    passing = np.flatnonzero(contrast >= MIN_CONTRAST)
+    return candidates[int(passing[0]) if len(passing) else int(contrast.argmax())]
 
 
-def _paint(rng: np.random.Generator, canvas: np.ndarray, obj: _Object) -> None:
-    """Composite ``obj`` onto ``canvas`` (``float32 [S, S, 3]``, in place): colour, texture, shading, outline."""
-    base = _object_colour(rng, obj.colour)
-    # The texture's second colour is a lighter or darker tint of the same hue, so the colour stays recognisable.
-    tint = base + 0.45 * (255.0 - base) if rng.random() < 0.5 else base * 0.7
+def _paint(rng: np.random.Generator, canvas: np.ndarray, obj: _Object, base: np.ndarray) -> None:
+    """Composite ``obj`` in colour ``base`` (``float32 [3]``, 0..255) onto ``canvas`` (``float32 [S, S, 3]``, in
+    place): texture, shading and outline."""
+    # The texture's second colour is a lighter or darker tint of the base, so the colour word stays true.
+    tint = base + _TINT * (255.0 - base) if rng.random() < 0.5 else base * (1.0 - _TINT)
     h, w = obj.alpha.shape
     xs = np.arange(obj.x0, obj.x1, dtype=np.float32)[None, :] + 0.5 - obj.cx
     ys = np.arange(obj.y0, obj.y1, dtype=np.float32)[:, None] + 0.5 - obj.cy
@@ -344,9 +455,13 @@ def _paint(rng: np.random.Generator, canvas: np.ndarray, obj: _Object) -> None:
     shading = 1.0 + gain * (xs * math.cos(shade_angle) + ys * math.sin(shade_angle)) / obj.radius
     fill = fill * shading[:, :, None]
     if 2.0 * obj.radius >= 12.0 and rng.random() < 0.6:
-        width = 1.0 if obj.radius < 20.0 else 2.0
-        band = _draw_patch(obj.shape, obj.cx, obj.cy, obj.radius, obj.angle, (obj.x0, obj.y0, obj.x1, obj.y1), width)
-        fill = fill * (1.0 - band[:, :, None]) + (base * 0.45) * band[:, :, None]
+        # An outline along every contour (the ring's hole and the crescent's bite too), towards white on a dark
+        # colour and towards black on a light one.
+        eroded = _eroded(obj.alpha, 1 if obj.radius < 20.0 else 2)
+        band = np.where(obj.alpha > 0.0, 1.0 - eroded / np.maximum(obj.alpha, 1e-6), 0.0)[:, :, None]
+        dark = float(base @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) < 127.5
+        edge = base + _OUTLINE * (255.0 - base) if dark else base * (1.0 - _OUTLINE)
+        fill = fill * (1.0 - band) + edge * band
     alpha = obj.alpha[:, :, None]
     patch = canvas[obj.region]
     canvas[obj.region] = patch * (1.0 - alpha) + fill * alpha
@@ -452,14 +567,20 @@ def _join(items: list[str]) -> str:
 
 
 class _Describer:
-    """Builds the noun phrases and true statements about one scene."""
+    """Builds the noun phrases and true statements about one scene.
 
-    def __init__(self, objects: list[_Object], boxes: np.ndarray, overlap: np.ndarray, image_size: int) -> None:
+    An object's name is ``"<colour word> <shape>"`` (``"red circle"``); ``colours`` holds each object's word.
+    """
+
+    def __init__(
+        self, objects: list[_Object], colours: list[str], boxes: np.ndarray, overlap: np.ndarray, image_size: int
+    ) -> None:
         self.objects = objects
+        self.colours = colours
         self.boxes = boxes
         self.overlap = overlap
         self.image_size = image_size
-        self.names = [CATEGORIES[o.label] for o in objects]
+        self.names = [f"{colour} {o.shape}" for colour, o in zip(colours, objects, strict=True)]
 
     def textured(self, k: int) -> str:
         obj = self.objects[k]
@@ -476,7 +597,7 @@ class _Describer:
         return "a " + self.names[k]
 
     def group_phrases(self, rng: np.random.Generator, indices: list[int]) -> list[str]:
-        """Noun phrases for the objects ``indices``, grouped by category with counts (``"two red stars"``)."""
+        """Noun phrases for the objects ``indices``, grouped by name with counts (``"two red stars"``)."""
         mention_texture = rng.random() < 0.5
         phrases = []
         for name in dict.fromkeys(self.names[k] for k in indices):
@@ -506,8 +627,8 @@ class _Describer:
             k = int(rng.integers(total))
             return f"There are {_NUMBERS[total]} shapes in the image, including {self.reference(rng, k)}."
         if kind == 1:
-            colour = self.objects[int(rng.integers(total))].colour
-            members = [k for k, o in enumerate(self.objects) if o.colour == colour]
+            colour = self.colours[int(rng.integers(total))]
+            members = [k for k in range(total) if self.colours[k] == colour]
             items = _join(self.group_phrases(rng, members))
             if len(members) == 1:
                 return f"Only one shape is {colour}: {items}."
@@ -596,14 +717,18 @@ def generate_scene(seed: int, split: str, index: int, image_size: int) -> Scene:
     rng = np.random.default_rng([seed, _check_split(split), index])
     objects, owner = _place_objects(rng, image_size)
     canvas, background = _background(rng, image_size)
-    for obj in objects:
-        _paint(rng, canvas, obj)
+    hsv = np.zeros((len(objects), 3), dtype=np.float64)
+    for k, obj in enumerate(objects):  # each colour stands out from what is already painted under the object
+        hsv[k] = _choose_colour(rng, canvas, obj)
+        _paint(rng, canvas, obj, _hsv_to_rgb(hsv[k]))
     image = Image.fromarray(np.clip(canvas + 0.5, 0.0, 255.0).astype(np.uint8), mode="RGB")
     boxes, areas = _visible_boxes(objects, owner)
-    describer = _Describer(objects, boxes, _overlaps(objects), image_size)
+    colours = [colour_word(*row) for row in hsv.tolist()]
+    describer = _Describer(objects, colours, boxes, _overlaps(objects), image_size)
     captions = _captions(rng, describer, background)
     labels = np.asarray([o.label for o in objects], dtype=np.int64)
-    return Scene(image, boxes, labels, areas, captions, owner, tuple(o.texture for o in objects))
+    textures = tuple(o.texture for o in objects)
+    return Scene(image, boxes, labels, areas, captions, owner, textures, tuple(colours), _hsv_to_rgb(hsv))
 
 
 # --- writing the data set ---------------------------------------------------------------------------------------
@@ -627,6 +752,27 @@ def _read_marker(root: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return content if isinstance(content, dict) else None
+
+
+def finished_shapes_root(root: str | Path) -> Path | None:
+    """``root`` when it holds a finished Shapes set of this :data:`GENERATOR_VERSION` (whatever its size or seed),
+    ``None`` when it holds no finished set (no readable marker).
+
+    Raises:
+        DatasetFormatError: The marker names another generator version: an old set, whose images and categories
+            differ from this generator's, is never read as this one.
+    """
+    root = Path(root).expanduser()
+    marker = _read_marker(root)
+    if marker is None:
+        return None
+    if marker.get("generator") != GENERATOR_VERSION:
+        raise DatasetFormatError(
+            root / MARKER_NAME,
+            f"holds a Shapes set of generator {marker.get('generator')!r}, not the current {GENERATOR_VERSION!r} "
+            f"(the images and categories differ); delete {root} to regenerate it there, or pass another root",
+        )
+    return root
 
 
 _Task = tuple[int, str, int, int, str]  # seed, split, index, image size, JPEG path
@@ -736,7 +882,7 @@ def _write_into(folder: Path, config: dict[str, Any], workers: int, progress: bo
         (seed, split, index, image_size, str(folder / f"{split}2017" / f"{image_id:012d}.jpg"))
         for split, index, image_id in jobs
     ]
-    categories = [{"id": i + 1, "name": name, "supercategory": name.split(" ")[1]} for i, name in enumerate(CATEGORIES)]
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
     info = {
         "description": f"Shapes: procedural multi-object scenes ({GENERATOR_VERSION})",
         "version": GENERATOR_VERSION,
@@ -808,7 +954,9 @@ def _task_runner(workers: int, num_tasks: int) -> Iterator[Callable[[list[_Task]
 
 
 def default_shapes_root(num_train: int = 10000, num_val: int = 1000, image_size: int = 128, seed: int = 0) -> Path:
-    """The cache folder of the Shapes set with this config: ``cache_dir()/shapes-v1-<train>-<val>-<size>-<seed>``."""
+    """The cache folder of the Shapes set with this config, ``cache_dir()/<version>-<train>-<val>-<size>-<seed>``
+    with :data:`GENERATOR_VERSION` first (``shapes-v2-10000-1000-128-0`` for the default set), so that a set of
+    another generator version is never found there."""
     return cache_dir() / f"{GENERATOR_VERSION}-{num_train}-{num_val}-{image_size}-{seed}"
 
 

@@ -15,8 +15,9 @@ class ShapesDataset(CocoDataset):
 
     Args:
         root: Where the set lives; ``None`` uses the cache (``$VIEW_ENV_CACHE``, default ``~/.cache/view_env``).
-            A folder holding a finished set (its ``shapes.json`` marker) is read whatever settings made it; a
-            missing set is generated there first with the settings below, with a progress bar.
+            A folder holding a finished set (its ``shapes.json`` marker) is read whatever settings made it, as long
+            as the current generator version made it (an older set raises ``DatasetFormatError``); a missing set
+            is generated there first with the settings below, with a progress bar.
         split: ``"train"`` or ``"val"``.
         num_train, num_val, image_size, seed: The generator's settings (the default set: 10,000 + 1,000 images
             of 128 px, seed 0).
@@ -36,11 +37,10 @@ class ShapesDataset(CocoDataset):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        from view_env.data.shapes import MARKER_NAME, ensure_shapes  # the generator loads only when asked for
+        from view_env.data.shapes import ensure_shapes, finished_shapes_root  # the generator loads only when asked
 
-        if root is not None and (Path(root).expanduser() / MARKER_NAME).is_file():
-            location = Path(root).expanduser()  # a finished set, whatever settings made it
-        else:
+        location = finished_shapes_root(root) if root is not None else None  # a finished set, whatever its settings
+        if location is None:
             location = ensure_shapes(
                 root, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, progress=progress
             )
