@@ -143,6 +143,16 @@ class _Objective(nn.Module):
                             self.next_views, generator)
 
 
+def use_bf16(config: PretrainConfig, device: torch.device) -> bool:
+    """Whether the loss runs under bf16 autocast: ``config.bf16`` on CUDA, and on CPUs whose oneDNN has native bf16
+    kernels (AVX512-BF16 or AMX; elsewhere CPU bf16 is emulated and slower than float32)."""
+    if not config.bf16:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _distributed() -> tuple[int, int]:
     """Rank and world size, initialising the process group under torchrun (``WORLD_SIZE`` > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -273,8 +283,7 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=config.bootstrap_weight == 0)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
-                else nullcontext())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(config, device) else nullcontext()
     extra: dict[str, Any] = {"num_categories": num_categories}
     if tokenizer is not None:
         extra["tokenizer"] = tokenizer.state_dict()
