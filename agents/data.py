@@ -647,13 +647,14 @@ class ReplayFeeder:
         self.buffer.position, self.buffer.size = (delivered - keep) % self.buffer.capacity, 0
         self.delivered = delivered - keep
         self._stream, self._pending = self.open_stream(self.delivered), None
-        self._take(keep)
+        self.take(keep)
 
     def advance(self, step: int) -> int:
         """Deliver what step ``step`` needs; returns the number of transitions added."""
-        return self._take(self.target(step) - self.delivered)
+        return self.take(self.target(step) - self.delivered)
 
-    def _take(self, count: int) -> int:
+    def take(self, count: int) -> int:
+        """Take exactly ``count`` more transitions from the stream into the buffer; returns ``count``."""
         began = time.perf_counter()
         if self._stream is None:
             self._stream = self.open_stream(self.delivered)

@@ -351,24 +351,18 @@ def build_encoder(name: str, image_size: int, patch_size: int | None = None, **o
         ValueError: unknown name or override, a patch size for the ResNet, or a patch size that does not divide
             ``image_size``.
     """
+    allowed = {"cnn": ("widths",), "resnet18": ("small_stem",)}.get(name, ("dim", "depth", "heads", "mlp_ratio",
+                                                                          "pool"))
+    unknown = sorted(set(overrides) - set(allowed))
+    if name in ENCODERS and unknown:
+        raise ValueError(f"unknown overrides {unknown} for {name!r}; expected {', '.join(allowed)}")
+    if name in ("cnn", "resnet18") and patch_size is not None:
+        raise ValueError(f"patch_size {patch_size} applies only to the ViT encoders, not {name!r}")
     if name in VIT_PRESETS:
-        unknown = sorted(set(overrides) - {"dim", "depth", "heads", "mlp_ratio", "pool"})
-        if unknown:
-            raise ValueError(f"unknown overrides {unknown} for {name!r}; expected dim, depth, heads, mlp_ratio, pool")
         return VisionTransformer(image_size, patch_size, **{**VIT_PRESETS[name], **overrides})
     if name == "cnn":
-        unknown = sorted(set(overrides) - {"widths"})
-        if unknown:
-            raise ValueError(f"unknown overrides {unknown} for 'cnn'; expected widths")
-        if patch_size is not None:
-            raise ValueError(f"patch_size {patch_size} applies only to the ViT encoders, not 'cnn'")
         return ConvEncoder(image_size, **overrides)
     if name == "resnet18":
-        unknown = sorted(set(overrides) - {"small_stem"})
-        if unknown:
-            raise ValueError(f"unknown overrides {unknown} for 'resnet18'; expected small_stem")
-        if patch_size is not None:
-            raise ValueError(f"patch_size {patch_size} applies only to the ViT encoders, not 'resnet18'")
         return ResNetEncoder(image_size, **overrides)
     raise ValueError(f"unknown encoder {name!r}; expected one of {ENCODERS}")
 

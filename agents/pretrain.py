@@ -232,7 +232,7 @@ def _fill(feeder: ReplayFeeder, resumed_delivered: int | None, progress: bool) -
             return
         chunk = max(1, capacity // 20)
         while feeder.delivered < capacity:
-            bar.update(feeder._take(min(chunk, capacity - feeder.delivered)))
+            bar.update(feeder.take(min(chunk, capacity - feeder.delivered)))
 
 
 def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:

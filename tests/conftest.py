@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -49,3 +50,15 @@ def one_object_coco(root: Path, box: list[float], size: tuple[int, int] = (100, 
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": box, "area": 1, "iscrowd": 0}],
         "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}]})
     return root
+
+
+def synthetic(n: int, start: int = 0, obs_size: int = 4, num_categories: int = 3) -> dict[str, torch.Tensor]:
+    """``n`` transitions whose ``image_index`` counts from ``start`` (a unique row id) and fields derive from it."""
+    from agents.data import transition_fields
+
+    ids = torch.arange(start, start + n)
+    out = {}
+    for key, (shape, dtype) in transition_fields(obs_size, num_categories).items():
+        value = ids.view(-1, *([1] * len(shape))).expand(n, *shape)
+        out[key] = (value % 251).to(dtype) if dtype == torch.uint8 else value.to(dtype).clone()
+    return out

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic
 
 from agents.collect import (
     CallablePolicy,
@@ -25,7 +26,6 @@ from agents.data import (
     absolute_box,
     concat_transitions,
     relative_box,
-    transition_fields,
     write_shards,
 )
 from view_env import AUGMENTATIONS
@@ -44,16 +44,6 @@ def make_env(tiny_shapes, num_envs=4, **kwargs):
 def collect_batches(tiny_shapes, rounds, seed=0, **kwargs):
     collector = TransitionCollector(make_env(tiny_shapes, **kwargs), seed=seed)
     return [collector.round(r) for r in range(rounds)]
-
-
-def synthetic(n, start=0, obs_size=4, num_categories=3):
-    """``n`` transitions whose ``image_index`` counts from ``start`` (a unique row id) and fields derive from it."""
-    ids = torch.arange(start, start + n)
-    out = {}
-    for key, (shape, dtype) in transition_fields(obs_size, num_categories).items():
-        value = ids.view(-1, *([1] * len(shape))).expand(n, *shape)
-        out[key] = (value % 251).to(dtype) if dtype == torch.uint8 else value.to(dtype).clone()
-    return out
 
 
 def assert_transitions_equal(a, b):

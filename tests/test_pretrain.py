@@ -190,3 +190,13 @@ def test_training_from_collected_shards(tiny_shapes, tmp_path):
     assert summary["step"] == 3 and summary["delivered"] == 16 + 2 * 8  # streamed in order, past the first fill
     with pytest.raises(ValueError, match="32-px views but --obs-size is 48"):
         train(tiny(tiny_shapes, tmp_path, data=str(shards), obs_size=48))
+
+
+def test_every_preset_is_a_valid_configuration():
+    from agents.config import PRESETS
+
+    for name, preset in PRESETS.items():
+        config = parse_config(["--preset", name])
+        for field, value in preset.overrides.items():
+            assert getattr(config, field) == (tuple(value) if isinstance(value, list) else value), (name, field)
+        assert "Command: python -m agents.pretrain --preset " + name in preset.doc

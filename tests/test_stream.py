@@ -8,20 +8,11 @@ import resource
 
 import pytest
 import torch
+from conftest import synthetic
 
 from agents.collect import TransitionCollector, rrc_env_kwargs
 from agents.data import ReplayBuffer, ReplayFeeder, ShardStream, transition_fields, write_shards
 from view_env.vector import ViewTransformVectorEnv
-
-
-def synthetic(n, start=0, obs_size=4, num_categories=3):
-    """``n`` transitions whose ``image_index`` counts from ``start`` (a unique row id) and fields derive from it."""
-    ids = torch.arange(start, start + n)
-    out = {}
-    for key, (shape, dtype) in transition_fields(obs_size, num_categories).items():
-        value = ids.view(-1, *([1] * len(shape))).expand(n, *shape)
-        out[key] = (value % 251).to(dtype) if dtype == torch.uint8 else value.to(dtype).clone()
-    return out
 
 
 def counting_stream(chunk=7):

@@ -1,0 +1,108 @@
+"""Mean and seed spread of the probe tables of several pretraining runs, and whether each encoder beats another.
+
+Each run directory holds the ``probe.json`` that ``python -m agents.pretrain`` writes (rows: ``pretrained``,
+``random init``, ``colour grid``). The table gives, per row and probe, the mean and sample standard deviation over
+the runs; the verdicts compare ``pretrained`` with every other row: a difference "beyond the seed spread" exceeds
+the standard deviation of a difference of two independent runs (``hypot(std_a, std_b)``), the yardstick of
+``benchmarks/pretrain_table.py``.
+
+    for seed in 0 1 2; do python -m agents.pretrain --seed $seed --out runs/default-seed$seed; done
+    python benchmarks/probe_summary.py runs/default-seed0 runs/default-seed1 runs/default-seed2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+#: Probe keys where lower is better; every other key is higher-better.
+LOWER_BETTER = ("count_mae",)
+
+
+def load(runs: Sequence[Path]) -> list[dict[str, dict[str, float]]]:
+    """The ``probe.json`` tables of ``runs`` (directories or the files themselves).
+
+    Raises:
+        ValueError: A run has no ``probe.json``, it is not a probe table, or the runs have different rows or keys.
+    """
+    tables = []
+    for run in runs:
+        path = run / "probe.json" if run.is_dir() else run
+        if not path.is_file():
+            raise ValueError(f"{path} not found: pass run directories of agents.pretrain (with probe.json)")
+        try:
+            table = json.loads(path.read_text())
+            if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+                raise ValueError("not a mapping of rows to scores")
+        except ValueError as error:
+            raise ValueError(f"{path} is not a probe table written by agents.pretrain ({error})") from error
+        tables.append(table)
+    if not tables:
+        raise ValueError("no runs given")
+    shape = {name: sorted(scores) for name, scores in tables[0].items()}
+    for run, table in zip(runs, tables, strict=True):
+        if {name: sorted(scores) for name, scores in table.items()} != shape:
+            raise ValueError(f"{run}: its rows or probes differ from {runs[0]}'s; summarise runs of one recipe")
+    return tables
+
+
+def summarise(tables: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Row -> probe -> (mean, sample std; 0 for one run)."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for name, scores in tables[0].items():
+        out[name] = {}
+        for key in scores:
+            values = [t[name][key] for t in tables]
+            mean = sum(values) / len(values)
+            var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+            out[name][key] = (mean, math.sqrt(var))
+    return out
+
+
+def verdicts(summary: dict[str, dict[str, tuple[float, float]]], row: str = "pretrained") -> list[str]:
+    """One sentence per other row: the probes where ``row`` is better beyond the seed spread, and the others."""
+    lines = []
+    for other in summary:
+        if other == row:
+            continue
+        beyond, not_beyond = [], []
+        for key, (mean, std) in summary[row].items():
+            other_mean, other_std = summary[other][key]
+            delta = mean - other_mean if key not in LOWER_BETTER else other_mean - mean
+            (beyond if delta > math.hypot(std, other_std) else not_beyond).append(f"{key} {delta:+.3f}")
+        lines.append(f"{row} vs {other}: better beyond the seed spread on {len(beyond)} of {len(summary[row])} "
+                     f"probes ({', '.join(beyond) or 'none'}); not on: {', '.join(not_beyond) or 'none'}.")
+    return lines
+
+
+def markdown(summary: dict[str, dict[str, tuple[float, float]]], runs: int) -> str:
+    keys = list(next(iter(summary.values())))
+    lines = ["| encoder | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, scores in summary.items():
+        cells = [f"{m:.3f} ± {s:.3f}" if runs > 1 else f"{m:.3f}" for m, s in scores.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories of agents.pretrain (or probe.json files)")
+    args = parser.parse_args(argv)
+    try:
+        tables = load(args.runs)
+    except ValueError as error:
+        parser.error(str(error))
+    summary = summarise(tables)
+    print(f"{len(tables)} runs; mean ± sample std over runs\n")
+    print(markdown(summary, len(tables)) + "\n")
+    for line in verdicts(summary):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
