@@ -263,7 +263,11 @@ PRESETS: dict[str, Preset] = {
         "The default (`make run`): the labels GVF on Shapes, the 4-layer CNN at 32 px, the paper's RandomResizedCrop "
         "pairs (4 views per image), 1,500 steps of 256 transitions on CPU.\n"
         "Command: python -m agents.pretrain --preset shapes-labels-cpu\n"
-        "Reaches: DEFAULT_RESULT",
+        "Reaches (Shapes val, mean of seeds 0, 1, 2, code of commits 61d906b to 5520ec2, which differ only in "
+        "refactors; 2 CPU cores, 7.0 to 7.7 min each): presence mAP 0.450, box top-1 0.386, k-NN top-1 0.131, count "
+        "accuracy 0.229, attentive presence mAP 0.448, attentive box top-1 0.485 (random init: 0.419, 0.195, 0.114, "
+        "0.174, 0.418, 0.224; colour-grid floor: 0.405, 0.119, 0.104, 0.150, 0.406, 0.120), above random init on "
+        "every probe by more than the seed spread.",
     ),
     "shapes-views-cpu": Preset(
         {"annotations": "views", "total_steps": 1200},
