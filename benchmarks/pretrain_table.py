@@ -37,7 +37,9 @@ run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pa
 grouped bars (``--plot``); with ``--write-docs``, the section of docs/benchmarks.md between the pretrain_table
 markers.
 
-    python benchmarks/pretrain_table.py --write-docs     # every row x 3 seeds
+    python benchmarks/pretrain_table.py --write-docs     # every row x 3 seeds at 1,500 steps: about 5.5 h on 2 cores
+    python benchmarks/pretrain_table.py --rows random-init,colour-grid,simclr,ab-simclr --steps 1200 --write-docs
+                                                         # 3 seeds: 2,319 s on 2 cores (docs/benchmarks.md)
     python benchmarks/pretrain_table.py --quick          # 6 rows, 1 seed, 40 steps, small probes
     python benchmarks/pretrain_table.py --resume-json runs/pretrain_table.json --write-docs   # continue a run
 """
@@ -371,8 +373,9 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
-    """Grouped bars per probe: base vs bootstrapped per source (top), the AB-SimCLR ablations (bottom); error bars
-    are the seed std; the dashed line is the random-init encoder."""
+    """Grouped bars per probe: base vs bootstrapped per source (upper panels), the AB-SimCLR ablations (lower panels,
+    when run); error bars are the seed std; the dashed line is the random-init encoder, the dotted one the colour-grid
+    floor."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -381,10 +384,13 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
     pairs = [p for p in PAIRS if p[1] in table or p[2] in table]
     ablations = [("AB-SimCLR (gamma 0.5, max)", "ab-simclr")] + [a for a in ABLATIONS if a[1] in table]
     show_ablations = len([a for a in ablations if a[1] in table]) > 1
-    panels = 2 if show_ablations else 1
-    figure, axes = plt.subplots(panels, len(PROBES), figsize=(4 * len(PROBES), 3.6 * panels), squeeze=False)
-    for column, (key, (label, up)) in enumerate(PROBES.items()):
-        ax = axes[0, column]
+    columns = min(4, len(PROBES))
+    rows = math.ceil(len(PROBES) / columns)
+    blocks = 2 if show_ablations else 1
+    figure, axes = plt.subplots(rows * blocks, columns, figsize=(4 * columns, 3.4 * rows * blocks), squeeze=False)
+    for index, (key, (label, up)) in enumerate(PROBES.items()):
+        row, column = divmod(index, columns)
+        ax = axes[row, column]
         x = np.arange(len(pairs))
         for offset, which, colour, name in ((-0.2, 1, "#9aa5b1", "base"), (0.2, 2, "#d9622b", "bootstrapped")):
             means = [table[p[which]][key][0] if p[which] in table else np.nan for p in pairs]
@@ -392,21 +398,25 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
             ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, color=colour, label=name)
         ax.set_xticks(x, [p[0] for p in pairs])
         ax.set_title(f"{label} ({'higher' if up else 'lower'} is better)", fontsize=10)
+        panels = [ax]
         if show_ablations:
-            ax2 = axes[1, column]
+            ax2 = axes[rows + row, column]
             present = [a for a in ablations if a[1] in table]
             x2 = np.arange(len(present))
             ax2.bar(x2, [table[a[1]][key][0] for a in present], 0.6, yerr=[table[a[1]][key][1] for a in present],
                     capsize=3, color=["#d9622b"] + ["#4c78a8"] * (len(present) - 1))
             ax2.set_xticks(x2, [a[0].replace(" ", "\n", 1) for a in present], fontsize=8)
-        for a in axes[:, column]:
-            if "random-init" in table:
-                a.axhline(table["random-init"][key][0], color="black", linestyle="--", linewidth=1,
-                          label="random init")
+            ax2.set_title(f"{label}: ablations", fontsize=9)
+            panels.append(ax2)
+        for a in panels:
+            for floor, style in (("random-init", "--"), ("colour-grid", ":")):
+                if floor in table:
+                    a.axhline(table[floor][key][0], color="black", linestyle=style, linewidth=1,
+                              label=ROWS[floor].label)
+    for index in range(len(PROBES), rows * columns):  # empty cells of the grid
+        for block in range(blocks):
+            axes[block * rows + index // columns, index % columns].axis("off")
     axes[0, 0].legend(fontsize=8)
-    if show_ablations:
-        axes[1, 0].set_ylabel("AB-SimCLR ablations")
-    axes[0, 0].set_ylabel("base vs bootstrapped")
     seeds = max(e["n"] for e in table.values())
     figure.suptitle(f"Pretraining on Shapes at equal budget: mean and std over {seeds} seed(s)", fontsize=11)
     figure.tight_layout()
