@@ -83,7 +83,8 @@ class PretrainConfig:
         probe_train_images: Train-split images used to fit the probes.
         num_workers: Processes reading transition shards (``--data``; 0: the main process).
         bf16: bf16 autocast of the loss on CUDA and on CPUs with native bf16 kernels (AVX512-BF16, AMX); float32
-            elsewhere. On 2 AVX512-BF16 cores it makes a step of the default recipe 1.5 to 1.7 times faster.
+            elsewhere. On 2 AVX512-BF16 cores it makes a step 1.4 to 1.7 times faster (compare
+            the transitions/s a run prints with --no-bf16).
         progress: Show progress bars.
     """
 
