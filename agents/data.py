@@ -584,8 +584,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _visits(self) -> Iterator[tuple[int, int]]:
         """``(shard number, first row)`` of every shard visit from ``start`` on, in order."""
-        passes, offset = divmod(self.start, self.length)
-        position = 0
+        offset, position = self.start % self.length, 0
         while True:
             for number in self.numbers:
                 count = self.shards.counts[number]
@@ -594,7 +593,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 position += count
             if not self.loop:
                 return
-            passes, offset, position = passes + 1, 0, 0
+            offset, position = 0, 0
 
     def __iter__(self) -> Iterator[Transitions]:
         info = torch.utils.data.get_worker_info()

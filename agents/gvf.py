@@ -48,7 +48,7 @@ from torch import nn
 from agents.data import random_resized_crops, relative_aug, relative_box
 from agents.models import ActionTokenizer, EncoderOutput, ProjectionHead, ValueHead
 from agents.sources import AnnotationSource, Encoded, LabelSource, label_distribution, soft_cross_entropy
-from view_env import AUGMENTATIONS, IDENTITY, EnvParams, augment
+from view_env import AUGMENTATIONS, EnvParams, augment, identity_aug
 
 BACKUPS = ("max", "mean")
 
@@ -177,8 +177,7 @@ def sample_next_actions(next_box: torch.Tensor, next_aug: torch.Tensor, next_ima
     device = next_box.device
     u = torch.rand((b, k, 4 + len(params.augmentations)), generator=generator, device=device)
     boxes, strengths = random_resized_crops(u, next_image_size.to(device)[:, None].expand(b, k, 2), params)
-    identity = torch.tensor([IDENTITY[name] for name in AUGMENTATIONS], device=device)
-    augs = augment(identity.expand(b * k, -1), strengths.reshape(b * k, -1), params).view(b, k, -1)  # (B, K, 7)
+    augs = augment(identity_aug(b * k, device), strengths.reshape(b * k, -1), params).view(b, k, -1)  # (B, K, 7)
     flip = next_aug[:, None, AUGMENTATIONS.index("flip")].expand(b, k)
     rel_box = relative_box(next_box[:, None].expand(b, k, 4), boxes, flip)  # (B, K, 4) in x''s own frame
     return rel_box, relative_aug(next_aug[:, None].expand(b, k, -1), augs), boxes

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from view_env.core import AUGMENTATIONS, IDENTITY, EnvParams, augment, initial_boxes, strength_to_aug
+from view_env.core import AUGMENTATIONS, IDENTITY, EnvParams, augment, identity_aug, initial_boxes, strength_to_aug
 
-__all__ = ["AUGMENTATIONS", "ENV_IDS", "IDENTITY", "EnvParams", "augment", "initial_boxes", "strength_to_aug"]
+__all__ = [
+    "AUGMENTATIONS", "ENV_IDS", "IDENTITY", "EnvParams", "augment", "identity_aug", "initial_boxes", "strength_to_aug",
+]
 
 __version__ = "0.1.0"
 
