@@ -51,6 +51,8 @@ class PretrainConfig:
         value_dim: Width of the value head's decoder.
         ema_momentum: Initial EMA momentum of the target network (annealed to 1 by a cosine); ``None`` chooses it
             from the run's length (``agents.gvf.auto_ema_momentum``: 0.996, or less in runs too short for it).
+        target_network: Keep an EMA target network; ``False`` is the "no target network" ablation: the TD target
+            and DINO's teacher come from the online network's current parameters, without a gradient (momentum 0).
         num_prototypes: Prototypes of the ``prototypes`` source.
         total_steps: Optimiser steps.
         batch_size: Transitions per step (per process).
@@ -108,6 +110,7 @@ class PretrainConfig:
     value_depth: int = 1
     value_dim: int = 64
     ema_momentum: float | None = None
+    target_network: bool = True
     num_prototypes: int = 256
     total_steps: int = 1500
     batch_size: int = 256

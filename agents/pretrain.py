@@ -91,7 +91,10 @@ def learning_rate(config: PretrainConfig, step: int) -> float:
 
 
 def ema_base_momentum(config: PretrainConfig) -> float:
-    """The EMA schedule's initial momentum: ``ema_momentum``, or :func:`agents.gvf.auto_ema_momentum` of the run."""
+    """The EMA schedule's initial momentum: ``ema_momentum``, or :func:`agents.gvf.auto_ema_momentum` of the run;
+    0 without a target network (``target_network=False``: the target is the online network of the step)."""
+    if not config.target_network:
+        return 0.0
     return config.ema_momentum if config.ema_momentum is not None else gvf.auto_ema_momentum(config.total_steps)
 
 
@@ -316,7 +319,7 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        momentum = gvf.ema_momentum(step, config.total_steps, base=base_momentum)
+        momentum = gvf.ema_momentum(step, config.total_steps, base=base_momentum) if config.target_network else 0.0
         gvf.ema_update(target, online, momentum)
         metrics.update(lr=lr, momentum=momentum)
         history.append(metrics)

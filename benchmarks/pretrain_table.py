@@ -11,8 +11,9 @@ Rows (``--rows`` takes these names, comma-separated):
 - ``clip`` / ``ab-clip``: ``annotations="captions"``, 0 / 1;
 - ``labels`` / ``labels-gvf``: ``annotations="labels"``, 0 / 1 (the default preset's GVF);
 - ablations of AB-SimCLR (gamma 0.5, max backup, action tokens): ``ab-simclr-gamma0``, ``ab-simclr-gamma0.9``,
-  ``ab-simclr-mean`` (the mean backup: the GVF of the uniform policy) and ``ab-simclr-no-tokens``
-  (``action_tokens=False``). Gamma 0.5 and the max backup are the ``ab-simclr`` row itself.
+  ``ab-simclr-mean`` (the mean backup: the GVF of the uniform policy), ``ab-simclr-no-tokens``
+  (``action_tokens=False``) and ``ab-simclr-no-target`` (``target_network=False``: the TD target from the online
+  network of the step, without a gradient). Gamma 0.5 and the max backup are the ``ab-simclr`` row itself.
 
 Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
 ``python -m agents.pretrain``, the CPU recipe) with the same ``total_steps`` (``--steps``), plus the row's few
@@ -115,16 +116,18 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ab-simclr-gamma0.9", "AB-SimCLR, gamma 0.9", {**VIEWS, "gamma": 0.9}),
     Row("ab-simclr-mean", "AB-SimCLR, mean backup", {**VIEWS, "backup": "mean"}),
     Row("ab-simclr-no-tokens", "AB-SimCLR, no action tokens", {**VIEWS, "action_tokens": False}),
+    Row("ab-simclr-no-target", "AB-SimCLR, no target network", {**VIEWS, "target_network": False}),
 )}
 #: (source, base row, bootstrapped row).
 PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP", "clip", "ab-clip"),
          ("labels", "labels", "labels-gvf"))
 #: (what the ablation changes, row), each compared with ``ab-simclr`` (gamma 0.5, max backup, action tokens).
 ABLATIONS = (("gamma 0", "ab-simclr-gamma0"), ("gamma 0.9", "ab-simclr-gamma0.9"),
-             ("mean backup", "ab-simclr-mean"), ("no action tokens", "ab-simclr-no-tokens"))
+             ("mean backup", "ab-simclr-mean"), ("no action tokens", "ab-simclr-no-tokens"),
+             ("no target network", "ab-simclr-no-target"))
 #: Fields each row sets, or the script sets per run: ``--set`` may not change them.
-RESERVED = {"annotations", "bootstrap_weight", "gamma", "backup", "action_tokens", "seed", "out", "data", "resume",
-            "total_steps", "probe", "probe_train_images", "root", "env", "split", "progress"}
+RESERVED = {"annotations", "bootstrap_weight", "gamma", "backup", "action_tokens", "target_network", "seed", "out",
+            "data", "resume", "total_steps", "probe", "probe_train_images", "root", "env", "split", "progress"}
 
 
 # ----------------------------------------------------------------------------------------------------- settings

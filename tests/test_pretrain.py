@@ -200,3 +200,19 @@ def test_every_preset_is_a_valid_configuration():
         for field, value in preset.overrides.items():
             assert getattr(config, field) == (tuple(value) if isinstance(value, list) else value), (name, field)
         assert "Command: python -m agents.pretrain --preset " + name in preset.doc
+
+
+def test_without_a_target_network_the_target_is_the_online_network(tiny_shapes, tmp_path):
+    """The "no target network" ablation: momentum 0 at every step, so after each update the target holds exactly
+    the online parameters (the next step's TD target is the online network's, without a gradient)."""
+    config = tiny(tiny_shapes, tmp_path, annotations="views", total_steps=4, target_network=False)
+    summary = train(config)
+    assert summary["ema_base_momentum"] == 0.0
+    assert all(m["momentum"] == 0.0 for m in summary["metrics"])
+    assert summary["target_drift"] == 0.0
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    for name, value in checkpoint["model"].items():
+        assert torch.equal(value, checkpoint["target"][name]), name
+    with_target = train(tiny(tiny_shapes, tmp_path / "ema", annotations="views", total_steps=4, ema_momentum=0.99))
+    assert with_target["ema_base_momentum"] > 0.9 and with_target["target_drift"] > 0
+    assert parse_config(["--no-target-network"]).target_network is False
