@@ -576,8 +576,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, AttributeError) as error:
             parser.error(f"--resume-json {args.resume_json} is not a JSON written by this script ({error}); "
                          "start a new one with --json")
-        if previous.get("settings") != wanted:
-            old = previous.get("settings", {})
+        previous_settings = previous.get("settings", {})
+        if isinstance(previous_settings.get("config"), dict):
+            # A field added to PretrainConfig after the JSON was written takes its default there: defaults keep the
+            # behaviour the code had before the field existed.
+            defaults = config_to_dict(PretrainConfig())
+            previous_settings["config"] = {**{k: defaults[k] for k in wanted["config"]
+                                              if k not in previous_settings["config"] and k in defaults},
+                                           **previous_settings["config"]}
+        if previous_settings != wanted:
+            old = previous_settings
             differ = sorted({k for k in (*wanted["config"], *old.get("config", {}))
                              if wanted["config"].get(k) != old.get("config", {}).get(k)}
                             | {k for k in ("probe_train_images", "probe_val_images") if wanted[k] != old.get(k)})

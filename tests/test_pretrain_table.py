@@ -32,6 +32,10 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     assert first["settings"]["config"]["total_steps"] == 2
     assert "Above the colour-grid floor on every probe" in out
 
+    # A JSON written before a config field existed resumes: the missing field takes its default.
+    older = json.loads(results.read_text())
+    del older["settings"]["config"]["target_network"]
+    results.write_text(json.dumps(older))
     # Resume with one more row: the finished runs are skipped and kept as they were; only the new row runs.
     assert pretrain_table.main([*common, "--rows", "random-init,colour-grid,ab-simclr,labels",
                                 "--resume-json", str(results)]) == 0
