@@ -33,10 +33,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from view_env.core import AUGMENTATIONS
+from view_env import AUG_RANGES, AUGMENTATIONS, BOOLEAN_AUGS
 
 __all__ = [
-    "AUG_RANGES",
     "ENCODERS",
     "ActionTokenizer",
     "CaptionTokenizer",
@@ -370,13 +369,6 @@ def build_encoder(name: str, image_size: int, patch_size: int | None = None, **o
 # ----------------------------------------------------------------------------------------------------------------
 # Action tokens
 
-#: Value range of each augmentation column (columns in :data:`view_env.core.AUGMENTATIONS` order). Flip and
-#: grayscale are booleans; the others are the parameter ranges :func:`view_env.core.strength_to_aug` produces.
-AUG_RANGES: dict[str, tuple[float, float]] = {
-    "flip": (0.0, 1.0), "brightness": (0.5, 1.5), "contrast": (0.5, 1.5), "saturation": (0.0, 2.0),
-    "hue": (-0.15, 0.15), "grayscale": (0.0, 1.0), "blur": (0.0, 1.5),
-}
-BOOLEAN_AUGS: tuple[str, ...] = ("flip", "grayscale")
 
 
 @dataclass(frozen=True)
@@ -393,7 +385,7 @@ class ActionTokenizer:
       1 lie inside a bin, not on an edge.
     - augmentation (optional), columns as :data:`view_env.core.AUGMENTATIONS`: flip and grayscale in 2 bins over
       ``[0, 1]`` (threshold 0.5); brightness, contrast, saturation, hue and blur in ``aug_bins`` bins over
-      :data:`AUG_RANGES`. The default ``aug_bins=9`` is odd so that the identity of the symmetric ranges
+      :data:`view_env.AUG_RANGES`. The default ``aug_bins=9`` is odd so that the identity of the symmetric ranges
       (brightness/contrast/saturation 1, hue 0) is the centre of the middle bin; with an even count it would sit
       exactly on a bin edge and float noise would flip its token.
 

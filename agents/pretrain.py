@@ -374,7 +374,7 @@ def probe_against_random_init(config: PretrainConfig, online: gvf.GVFNetwork, nu
     ``crop_scale[0]`` of the image, the smallest view the encoder was trained on.
     """
     from agents.probe import format_probe_table, probe_data, probe_encoders
-    from view_env.data import ImageBank
+    from view_env.data import ImageBank, default_canvas_size
 
     if config.env not in ("shapes", "coco"):
         print(f"probes need a split with object annotations (shapes or coco); skipped for --env {config.env}")
@@ -382,7 +382,7 @@ def probe_against_random_init(config: PretrainConfig, online: gvf.GVFNetwork, nu
     train_set, val_set = _dataset(config, "train"), _dataset(config, "val")
     rng = np.random.default_rng(config.seed)
     train_indices = np.sort(rng.permutation(len(train_set))[: config.probe_train_images])
-    canvas = min(256, max(128, 2 * config.obs_size))
+    canvas = default_canvas_size(config.obs_size)
     bank_train = ImageBank.from_dataset(train_set, canvas_size=canvas, indices=train_indices.tolist(),
                                         progress=False)
     bank_val = ImageBank.from_dataset(val_set, canvas_size=canvas, progress=False)

@@ -36,7 +36,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pil_env import PILViewEnv  # noqa: E402
 
-from view_env.data import ImageBank, ShapesDataset  # noqa: E402
+from view_env.data import ImageBank, ShapesDataset, default_canvas_size  # noqa: E402
 from view_env.vector import ViewTransformVectorEnv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| obs | num_envs | view_env ({' / '.join(devices)}) | sync PIL | async PIL | copy ceiling | vs sync | "
           "vs async | of ceiling |")
     for obs_size in args.obs_sizes:
-        canvas = min(256, max(128, 2 * obs_size))
+        canvas = default_canvas_size(obs_size)
         bank = ImageBank.from_dataset(dataset, canvas_size=canvas, indices=indices, progress=False)
         factory = pil_factory(bank, obs_size)
         for num_envs in args.num_envs:

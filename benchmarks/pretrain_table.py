@@ -70,7 +70,7 @@ from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, 
 from agents.config import PretrainConfig  # noqa: E402
 from agents.pretrain import build_network, train  # noqa: E402
 from agents.probe import ColourGridEncoder, ProbeData, probe_data, run_probes  # noqa: E402
-from view_env.data import ImageBank, load_dataset  # noqa: E402
+from view_env.data import ImageBank, default_canvas_size, load_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -187,7 +187,7 @@ def probe_set(base: PretrainConfig, seed: int, val_images: int | None) -> ProbeD
     val_indices = np.arange(len(val_set))
     if val_images is not None and val_images < len(val_set):
         val_indices = np.sort(np.random.default_rng(seed + 7).permutation(len(val_set))[:val_images])
-    canvas = min(256, max(128, 2 * base.obs_size))
+    canvas = default_canvas_size(base.obs_size)
     bank_train = ImageBank.from_dataset(train_set, canvas_size=canvas, indices=train_indices.tolist(), progress=False)
     bank_val = ImageBank.from_dataset(val_set, canvas_size=canvas, indices=val_indices.tolist(), progress=False)
     return probe_data(bank_train, bank_val, base.obs_size, seed=seed, min_crop_area=base.crop_scale[0])

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from env_throughput import DOCS, ROOT, commit, machine, relative  # noqa: E402
 
 from view_env import core  # noqa: E402
-from view_env.data import ImageBank, ShapesDataset  # noqa: E402
+from view_env.data import ImageBank, ShapesDataset, default_canvas_size  # noqa: E402
 from view_env.vector import ViewTransformVectorEnv  # noqa: E402
 from view_env.wrappers import SB3VecEnv  # noqa: E402
 
@@ -258,7 +258,7 @@ def run_one(method: str, seed: int, train: ImageBank, val: ImageBank, args: argp
 
 def load_banks(args: argparse.Namespace) -> tuple[ImageBank, ImageBank]:
     """The train bank (``--images`` of them) and the whole val bank, on a canvas fitted to ``--obs-size``."""
-    canvas = min(256, max(128, 2 * args.obs_size))
+    canvas = default_canvas_size(args.obs_size)
     return (load_bank(args.shapes_root, "train", args.images, canvas),
             load_bank(args.shapes_root, "val", None, canvas))
 

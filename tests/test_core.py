@@ -172,3 +172,21 @@ def test_coverage_matches_a_python_loop_on_random_scenes():
     view = torch.cat([start, start + 0.2 + torch.rand(n, 2, generator=g) * 0.3], dim=1)
     got = core.coverage(view, boxes, labels, a, grid=8)
     torch.testing.assert_close(got, _coverage_reference(view, boxes, labels, a, 8), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", core.AUGMENTATIONS)
+def test_strengths_map_onto_the_published_augmentation_ranges(name):
+    """``view_env.AUG_RANGES`` is the one statement of each column's range: strengths in [-1, 1] land inside it and
+    the ends of the strength range reach its ends (booleans take exactly 0 and 1)."""
+    low, high = core.AUG_RANGES[name]
+    values = core.strength_to_aug(name, torch.linspace(-1, 1, 201))
+    assert float(values.min()) == pytest.approx(low) and float(values.max()) == pytest.approx(high)
+    if name in core.BOOLEAN_AUGS:
+        assert set(values.tolist()) == {0.0, 1.0}
+    assert low <= core.IDENTITY[name] <= high
+
+
+def test_default_canvas_size_rule():
+    from view_env import default_canvas_size
+
+    assert [default_canvas_size(s) for s in (16, 32, 64, 96, 128, 224)] == [128, 128, 128, 192, 256, 256]

@@ -13,10 +13,22 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from view_env.core import AUGMENTATIONS, IDENTITY, EnvParams, augment, identity_aug, initial_boxes, strength_to_aug
+from view_env.core import (
+    AUG_RANGES,
+    AUGMENTATIONS,
+    BOOLEAN_AUGS,
+    IDENTITY,
+    EnvParams,
+    augment,
+    identity_aug,
+    initial_boxes,
+    strength_to_aug,
+)
+from view_env.data import default_canvas_size
 
 __all__ = [
-    "AUGMENTATIONS", "ENV_IDS", "IDENTITY", "EnvParams", "augment", "identity_aug", "initial_boxes", "strength_to_aug",
+    "AUGMENTATIONS", "AUG_RANGES", "BOOLEAN_AUGS", "ENV_IDS", "IDENTITY", "EnvParams", "augment", "default_canvas_size",
+    "identity_aug", "initial_boxes", "strength_to_aug",
 ]
 
 __version__ = "0.1.0"

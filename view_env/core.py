@@ -29,6 +29,14 @@ IDENTITY: dict[str, float] = {
 TOGGLED: dict[str, float] = {
     "flip": 1.0, "brightness": 1.5, "contrast": 1.5, "saturation": 0.25, "hue": 0.15, "grayscale": 1.0, "blur": 1.5,
 }
+#: The values each augmentation column takes in the environment: :func:`strength_to_aug` maps the strengths
+#: ``[-1, 1]`` onto these ranges (flip and grayscale are booleans, 0 or 1).
+AUG_RANGES: dict[str, tuple[float, float]] = {
+    "flip": (0.0, 1.0), "brightness": (0.5, 1.5), "contrast": (0.5, 1.5), "saturation": (0.0, 2.0),
+    "hue": (-0.15, 0.15), "grayscale": (0.0, 1.0), "blur": (0.0, 1.5),
+}
+#: Augmentations whose column is a boolean (0 or 1).
+BOOLEAN_AUGS: tuple[str, ...] = ("flip", "grayscale")
 #: Discrete geometric actions, in action-index order; augmentation toggles follow them.
 GEOMETRY_ACTIONS: tuple[str, ...] = (
     "noop", "pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out", "wider", "taller",

@@ -19,7 +19,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from view_env import core
-from view_env.data import ImageBank, ImageDataset, ImagePool, load_dataset
+from view_env.data import ImageBank, ImageDataset, ImagePool, default_canvas_size, load_dataset
 from view_env.render import ViewAug, render_views
 
 #: Largest dataset decoded whole into a static bank; larger ones stream through an :class:`ImagePool` this big.
@@ -54,7 +54,8 @@ class ViewTransformVectorEnv(VectorEnv):
         split: Dataset split for COCO and Shapes.
         bank: A ready :class:`~view_env.data.ImageBank` (then ``dataset``, ``root``, ``split`` are not used).
         device: Where state, images and outputs live.
-        canvas_size: Side of the bank's square canvas; default ``max(128, 2 * obs_size)`` capped at 256.
+        canvas_size: Side of the bank's square canvas; default
+            :func:`~view_env.data.default_canvas_size` of ``obs_size`` (``2 * obs_size`` within ``[128, 256]``).
         max_images: Decode at most this many images into a static bank; a larger dataset streams through an
             :class:`~view_env.data.ImagePool` of this capacity (default 20,000).
         task: ``"none"``, ``"search"`` (needs ``obs_mode="dict"``) or a callable on the annotation tensor.
@@ -184,7 +185,7 @@ class ViewTransformVectorEnv(VectorEnv):
         else:
             raise TypeError(f"dataset={dataset!r} is invalid: expected a source name or an ImageDataset")
         if canvas_size is None:
-            canvas_size = min(256, max(128, 2 * self.params.obs_size))
+            canvas_size = default_canvas_size(self.params.obs_size)
         limit = DEFAULT_MAX_IMAGES if max_images is None else max_images
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"max_images={max_images!r} is invalid: expected an integer >= 1")

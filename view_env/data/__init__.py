@@ -8,7 +8,7 @@ See docs/datasets.md.
 
 from __future__ import annotations
 
-from view_env.data.bank import ImageBank, ImagePool
+from view_env.data.bank import ImageBank, ImagePool, default_canvas_size
 from view_env.data.base import ImageDataset, ImageRecord, cache_dir
 from view_env.data.coco import CocoDataset
 from view_env.data.errors import (
@@ -36,5 +36,6 @@ __all__ = [
     "SkippedImagesWarning",
     "UnreadableImageError",
     "cache_dir",
+    "default_canvas_size",
     "load_dataset",
 ]

@@ -84,6 +84,12 @@ def _warn_skipped(failures: list[UnreadableImageError], total: int, dataset: Ima
     )
 
 
+def default_canvas_size(obs_size: int) -> int:
+    """The default side of the bank's square canvas for views of ``obs_size`` pixels: twice the view, kept within
+    ``[128, 256]`` (enough resolution for a zoomed-in view, bounded memory for large views)."""
+    return min(256, max(128, 2 * obs_size))
+
+
 def _check_canvas(canvas_size: int) -> None:
     if not isinstance(canvas_size, int) or isinstance(canvas_size, bool) or canvas_size < 8:
         raise ValueError(f"canvas_size must be an integer >= 8 (pixels), got {canvas_size!r}")
