@@ -190,3 +190,117 @@ def test_default_canvas_size_rule():
     from view_env import default_canvas_size
 
     assert [default_canvas_size(s) for s in (16, 32, 64, 96, 128, 224)] == [128, 128, 128, 192, 256, 256]
+
+
+# ------------------------------------------------------------------------------------------ the pure reset and step
+
+
+def _data(temporal: bool = False) -> core.EnvData:
+    """Three images of different shapes with a few labelled boxes (and, optionally, frame links 0 <-> 1 <-> 2)."""
+    sizes = torch.tensor([[60, 80], [100, 50], [64, 64]])
+    boxes = torch.tensor([[[0.1, 0.1, 0.6, 0.5], [0.5, 0.4, 0.9, 0.9], [0, 0, 0, 0]],
+                          [[0.0, 0.0, 1.0, 0.3], [0, 0, 0, 0], [0, 0, 0, 0]],
+                          [[0.2, 0.2, 0.4, 0.4], [0.3, 0.3, 0.8, 0.9], [0.6, 0.0, 1.0, 0.2]]])
+    labels = torch.tensor([[0, 2, -1], [1, -1, -1], [2, 2, 0]])
+    neighbours = torch.tensor([[0, 1], [0, 2], [1, 2]]) if temporal else None
+    return core.EnvData(sizes, boxes, labels, num_categories=3, neighbours=neighbours)
+
+
+def _snapshot(value):
+    if isinstance(value, core.EnvState):
+        return {f: getattr(value, f).clone() for f in value.__dataclass_fields__}
+    if isinstance(value, core.EnvData):
+        return {f: None if getattr(value, f) is None else getattr(value, f).clone()
+                for f in ("sizes", "boxes", "labels", "neighbours")}
+    return value.clone()
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, core.EnvState):
+        return _equal(_snapshot(a), _snapshot(b))
+    return a is None and b is None or torch.equal(a, b)
+
+
+def _actions(params: core.EnvParams, n: int, temporal: bool, generator: torch.Generator) -> torch.Tensor:
+    if params.action_mode == "discrete":
+        return torch.randint(0, params.num_actions + (2 if temporal else 0), (n,), generator=generator)
+    action = torch.rand(n, params.action_dim + (1 if temporal else 0), generator=generator) * 2 - 1
+    if params.action_mode == "absolute":
+        action[:, :4] = (action[:, :4] + 1) / 2
+    return action
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+@pytest.mark.parametrize("params", [
+    core.EnvParams(), core.EnvParams(action_mode="continuous", init_augment=True, max_episode_steps=3),
+    core.EnvParams(action_mode="absolute", obs_mode="dict", task="search"),
+    core.EnvParams(task=lambda annotation: annotation.sum(-1)),
+], ids=["discrete", "continuous", "absolute-search", "callable-task"])
+def test_reset_and_step_are_pure_functions(params, temporal):
+    """Same inputs give the same outputs, bit for bit; no input is changed; the outputs are new tensors."""
+    n, data = 6, _data(temporal)
+    key = core.Key(7, torch.arange(n))
+    empty = core.EnvState.empty(n, torch.device("cpu"))
+    everything = torch.ones(n, dtype=torch.bool)
+    before = (_snapshot(empty), _snapshot(data), key.env_ids.clone())
+    state = core.reset(params, data, empty, everything, key)
+    assert _equal(state, core.reset(params, data, empty, everything, key))
+    assert _equal((_snapshot(empty), _snapshot(data), key.env_ids), before)
+    assert (state.episode == 1).all() and (state.step == 0).all()
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        action = _actions(params, n, temporal, g)
+        inputs = (_snapshot(state), _snapshot(data), action.clone())
+        out = core.step(params, data, state, action)
+        assert _equal(out, core.step(params, data, state, action))
+        assert _equal((_snapshot(state), _snapshot(data), action), inputs), "step changed an input"
+        new_state, annotation, reward, terminated, truncated = out
+        assert all(getattr(new_state, f) is not getattr(state, f) for f in ("box", "aug", "step"))
+        assert annotation.shape == (n, 3) and reward.shape == terminated.shape == truncated.shape == (n,)
+        assert (new_state.step == state.step + 1).all()
+        torch.testing.assert_close(annotation, core.annotate(params, data, new_state), rtol=0, atol=0)
+        if params.max_episode_steps is not None:
+            assert torch.equal(truncated, (new_state.step >= params.max_episode_steps) & ~terminated)
+        state = new_state
+
+    # A masked reset changes only the masked rows, and draws them from (seed, env, episode) alone.
+    mask = torch.tensor([True, False, True, False, False, True])
+    again = core.reset(params, data, state, mask, key)
+    for f in ("slot", "box", "aug", "step", "episode", "target", "target_coverage"):
+        assert torch.equal(getattr(again, f)[~mask], getattr(state, f)[~mask]), f
+    assert (again.step[mask] == 0).all() and (again.episode[mask] == state.episode[mask] + 1).all()
+    other_batch = core.reset(params, data, state.rows(torch.tensor([2])), torch.tensor([True]),
+                             core.Key(7, torch.tensor([2])))
+    assert _equal(other_batch, again.rows(torch.tensor([2])))
+
+
+def test_temporal_actions_follow_the_frame_links():
+    params, data = core.EnvParams(), _data(temporal=True)
+    state = core.reset(params, data, core.EnvState.empty(8, torch.device("cpu")), torch.ones(8, dtype=torch.bool),
+                       core.Key(0, torch.arange(8)))
+    assert len(set(state.slot.tolist())) == 3  # every image is viewed by some environment
+    stay = core.move(params, data, state, torch.zeros(8, dtype=torch.int64))  # noop: same slot, same box
+    previous = core.move(params, data, state, torch.full((8,), params.num_actions))
+    following = core.move(params, data, state, torch.full((8,), params.num_actions + 1))
+    assert previous.slot.tolist() == data.neighbours[state.slot, 0].tolist()
+    assert following.slot.tolist() == data.neighbours[state.slot, 1].tolist()
+    assert torch.equal(previous.box, stay.box) and torch.equal(following.box, stay.box)  # no move in space
+
+
+def test_state_and_data_are_frozen_and_the_task_is_checked():
+    import dataclasses
+
+    state = core.EnvState.empty(2, torch.device("cpu"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.box = torch.zeros(2, 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _data().labels = torch.zeros(1)
+    with pytest.raises(ValueError, match="task=42 is invalid"):
+        core.EnvParams(task=42)
+    with pytest.raises(ValueError, match="needs obs_mode='dict'"):
+        core.EnvParams(task="search")

@@ -321,3 +321,26 @@ def test_large_datasets_stream_through_a_pool(tiny_shapes):
         assert torch.equal(env.bank.dataset_index[slot], info["image_index"])
     env.close()
     assert not env.bank._thread.is_alive()
+
+
+def test_the_vector_env_is_the_pure_core_plus_rendering(tiny_shapes):
+    """Driving view_env.core by hand (as docs/envs.md shows) reproduces the vector env's observations, annotations
+    and rewards bit for bit, as long as no episode ends (the autoreset bookkeeping is the class's own)."""
+    from view_env import core
+    from view_env.render import render_views
+    from view_env.vector import aug_from_state
+
+    env = make(tiny_shapes, num_envs=5, obs_size=16, action_mode="continuous", max_episode_steps=None,
+               task=lambda annotation: annotation[:, 0])
+    obs, info = env.reset(seed=11)
+    params, data = env.params, env.data
+    state = core.reset(params, data, core.EnvState.empty(5, env.device), torch.ones(5, dtype=torch.bool),
+                       core.Key(11, torch.arange(5)))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        assert torch.equal(obs, render_views(env.bank.images, state.slot, state.box, params.obs_size,
+                                             aug_from_state(state.aug)))
+        action = torch.rand(5, params.action_dim, generator=generator) * 2 - 1
+        obs, reward, terminated, truncated, info = env.step(action)
+        state, annotation, expected_reward, *_ = core.step(params, data, state, action)
+        assert torch.equal(info["annotation"], annotation) and torch.equal(reward, expected_reward)

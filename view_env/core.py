@@ -1,8 +1,10 @@
 """The ViewTransform MDP as pure functions on batched tensors: parameters, state, reset, step, annotations.
 
-Nothing here holds mutable state or loops over environments: :class:`EnvParams` are frozen constants,
-:class:`EnvState` is a bundle of ``[N, ...]`` tensors, and each function maps tensors to new tensors. The
-environment classes in :mod:`view_env.vector` are thin shells around these functions.
+Nothing here holds mutable state or loops over environments (the layout of gymnax): :class:`EnvParams` are frozen
+constants, :class:`EnvData` a frozen bundle of the image bank's tensors that the MDP reads, :class:`EnvState` a
+frozen bundle of ``[N, ...]`` tensors, and :func:`reset`, :func:`step` and :func:`annotate` map them to new values
+without changing their inputs. The environment classes in :mod:`view_env.vector` only validate, call these
+functions, render, and keep Gymnasium's autoreset bookkeeping.
 
 Coordinates: a view box is ``(x0, y0, x1, y1)`` in normalised image coordinates (``[0, 1]`` across the original
 image, whatever its size). Its *pixel aspect* is ``(x1 - x0) * W / ((y1 - y0) * H)`` for an image of ``W x H``
@@ -18,6 +20,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from view_env import rng
+from view_env.rng import Key
 
 #: Augmentations in the order of the augmentation state's columns (``info["aug"]``).
 AUGMENTATIONS: tuple[str, ...] = ("flip", "brightness", "contrast", "saturation", "hue", "grayscale", "blur")
@@ -77,6 +80,8 @@ class EnvParams:
         coverage_grid: Annotations are measured on a ``G x G`` grid of points inside the view.
         success_coverage: Search succeeds when the target covers this fraction of the view (or, for targets too
             small to reach it at ``min_scale``, 80% of what they can reach).
+        task: The reward: ``"none"`` (reward-free), ``"search"`` (needs ``obs_mode="dict"``; see
+            :func:`task_reward`) or a callable from the annotations ``float32 [N, A]`` to rewards ``[N]``.
     """
 
     obs_size: int = 64
@@ -97,6 +102,7 @@ class EnvParams:
     init_augment: bool = False
     coverage_grid: int = 16
     success_coverage: float = 0.3
+    task: Task = "none"
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, expected: str) -> None:
@@ -125,6 +131,11 @@ class EnvParams:
         need(isinstance(self.init_augment, bool), "init_augment", "True or False")
         need(isinstance(self.coverage_grid, int) and self.coverage_grid >= 2, "coverage_grid", "an integer >= 2")
         need(0 < self.success_coverage <= 1, "success_coverage", "a fraction in (0, 1]")
+        need(self.task in ("none", "search") or callable(self.task), "task",
+             "'none', 'search' or a callable on the annotation")
+        if self.task == "search" and self.obs_mode != "dict":
+            raise ValueError("task='search' needs obs_mode='dict', so that the target is part of the observation; "
+                             f"got obs_mode={self.obs_mode!r}")
 
     @property
     def num_actions(self) -> int:
@@ -142,7 +153,32 @@ class EnvParams:
         return GEOMETRY_ACTIONS + tuple(f"toggle_{a}" for a in self.augmentations)
 
 
-@dataclass
+@dataclass(frozen=True)
+class EnvData:
+    """The image bank's tensors that the MDP reads (``P`` bank slots, ``M`` boxes per image), on one device.
+
+    Attributes:
+        sizes: ``int64 [P, 2]`` original ``(height, width)`` of each image.
+        boxes: ``float32 [P, M, 4]`` object boxes, normalised ``(x0, y0, x1, y1)``.
+        labels: ``int64 [P, M]`` their categories, ``-1`` for padding (which comes last).
+        num_categories: ``A``, the length of an annotation vector.
+        neighbours: ``int64 [P, 2]`` the slot of each slot's previous and next frame (itself where there is none)
+            for the temporal actions of video, or ``None`` without them.
+    """
+
+    sizes: torch.Tensor
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    num_categories: int
+    neighbours: torch.Tensor | None = None
+
+    @property
+    def num_images(self) -> int:
+        """``P``."""
+        return self.sizes.shape[0]
+
+
+@dataclass(frozen=True)
 class EnvState:
     """Per-environment state, every field a tensor with leading dimension ``N`` on one device.
 
@@ -182,6 +218,10 @@ class EnvState:
             m = mask.view(-1, *([1] * (mine.dim() - 1)))
             merged[f.name] = torch.where(m, theirs, mine)
         return EnvState(**merged)
+
+    def rows(self, index: torch.Tensor) -> EnvState:
+        """The state of the environments in ``index`` (``int64 [K]``), a new ``K``-row state."""
+        return EnvState(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
 def identity_aug(num_envs: int, device: torch.device) -> torch.Tensor:
@@ -411,29 +451,23 @@ def draw_targets(uniforms: torch.Tensor, labels: torch.Tensor, boxes: torch.Tens
     return target, torch.minimum(torch.full_like(reachable, params.success_coverage), reachable)
 
 
-def reset_state(state: EnvState, mask: torch.Tensor, seed: int, env_ids: torch.Tensor, num_images: int,
-                sizes: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, params: EnvParams,
-                search: bool) -> EnvState:
-    """Begin a new episode in the environments where ``mask`` (``bool [N]``) holds.
+def reset(params: EnvParams, data: EnvData, state: EnvState, mask: torch.Tensor, key: Key) -> EnvState:
+    """Begin a new episode in the environments where ``mask`` (``bool [N]``) holds; the others keep their state.
 
-    The new episode of environment ``i`` is drawn from the hash of ``(seed, i, episode)``: its image, its initial
-    view and its search target.
+    The new episode of environment ``i`` is drawn from the hash of ``(key.seed, key.env_ids[i], episode)``: its
+    image slot, its initial view (:func:`initial_boxes`), its initial augmentation (with ``init_augment``) and,
+    for ``task="search"``, its target (:func:`draw_targets`). Pure: the inputs are not changed.
 
-    Args:
-        state: The current state.
-        env_ids: ``int64 [N]`` global environment indices.
-        num_images: Number of slots ``P`` in the image bank.
-        sizes: ``int64 [P, 2]`` (height, width) of each bank image; labels ``int64 [P, M]`` and boxes
-            ``float32 [P, M, 4]`` their annotations.
-        search: Draw search targets.
+    Returns:
+        The new state (``N`` rows).
     """
     episode = state.episode + mask.long()  # the counter of a fresh episode
-    u = rng.uniform(seed, env_ids, episode, 6 + len(params.augmentations))
-    slot = (u[:, 0] * num_images).long().clamp(max=num_images - 1)
-    aspect = image_aspect(sizes[slot])
+    u = rng.uniform(key.seed, key.env_ids, episode, 6 + len(params.augmentations))
+    slot = (u[:, 0] * data.num_images).long().clamp(max=data.num_images - 1)
+    aspect = image_aspect(data.sizes[slot])
     box = initial_boxes(u[:, 1:5], aspect, params)
-    if search:
-        target, target_coverage = draw_targets(u[:, 5], labels[slot], boxes[slot], params)
+    if params.task == "search":
+        target, target_coverage = draw_targets(u[:, 5], data.labels[slot], data.boxes[slot], params)
     else:
         target, target_coverage = torch.full_like(slot, -1), torch.ones_like(u[:, 5])
     aug = identity_aug(len(slot), box.device)
@@ -443,16 +477,59 @@ def reset_state(state: EnvState, mask: torch.Tensor, seed: int, env_ids: torch.T
     return state.where(mask, fresh)
 
 
-def step_state(state: EnvState, action: torch.Tensor, sizes: torch.Tensor, params: EnvParams) -> EnvState:
-    """Apply one action per environment (validated beforehand) and advance the step counter."""
-    aspect = image_aspect(sizes[state.slot])
+def move(params: EnvParams, data: EnvData, state: EnvState, action: torch.Tensor) -> EnvState:
+    """Apply one validated action per environment and advance the step counter; pure.
+
+    With temporal links (``data.neighbours``) the action space has two more entries: discrete actions
+    ``num_actions`` and ``num_actions + 1`` (previous and next frame, no move in space), or a last continuous
+    entry below -0.5 (previous frame) or above 0.5 (next frame) beside the spatial move.
+    """
+    temporal = 0
+    if data.neighbours is not None:
+        if params.action_mode == "discrete":
+            base = params.num_actions
+            temporal = torch.where(action == base, -1, torch.where(action == base + 1, 1, 0))
+            action = torch.where(temporal != 0, 0, action)  # a temporal action is a no-op in space
+        else:
+            temporal = torch.round(action[:, -1].clamp(-1, 1)).long()
+            action = action[:, :-1]
+    aspect = image_aspect(data.sizes[state.slot])
     if params.action_mode == "discrete":
         box, aug = apply_discrete(state.box, state.aug, action, aspect, params)
     elif params.action_mode == "continuous":
         box, aug = apply_continuous(state.box, state.aug, action, aspect, params)
     else:
         box, aug = apply_absolute(state.box, state.aug, action, aspect, params)
-    return replace(state, box=box, aug=aug, step=state.step + 1)
+    slot = state.slot
+    if data.neighbours is not None:
+        links = data.neighbours[slot]
+        slot = torch.where(temporal < 0, links[:, 0], torch.where(temporal > 0, links[:, 1], slot))
+    return replace(state, slot=slot, box=box, aug=aug, step=state.step + 1)
+
+
+def annotate(params: EnvParams, data: EnvData, state: EnvState) -> torch.Tensor:
+    """``float32 [N, A]``: the annotations of each environment's view (:func:`coverage`)."""
+    return coverage(state.box, data.boxes[state.slot], data.labels[state.slot], data.num_categories,
+                    params.coverage_grid)
+
+
+def step(params: EnvParams, data: EnvData, state: EnvState, action: torch.Tensor
+         ) -> tuple[EnvState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of every environment: move, annotate, reward, end; pure (no autoreset: see the vector env).
+
+    Args:
+        action: ``int64 [N]`` (discrete) or ``float32 [N, D]``, validated beforehand.
+
+    Returns:
+        The new state, its annotations ``float32 [N, A]``, rewards ``float32 [N]`` (:func:`task_reward`),
+        ``terminated`` and ``truncated`` (``bool [N]``; truncated after ``max_episode_steps`` unless terminated).
+    """
+    state = move(params, data, state, action)
+    annotation = annotate(params, data, state)
+    reward, terminated = task_reward(params.task, annotation, state)
+    limit = params.max_episode_steps
+    truncated = (state.step >= limit) & ~terminated if limit is not None else torch.zeros_like(terminated)
+    return state, annotation, reward, terminated, truncated
 
 
 def task_reward(task: Task, annotation: torch.Tensor, state: EnvState) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,9 +9,25 @@ with 32-bit masking so it is exact on CPU and CUDA alike.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 _MASK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Key:
+    """The random stream of a batch of environments: environment ``i``'s draws are a pure function of
+    ``(seed, env_ids[i], episode, draw)``.
+
+    Attributes:
+        seed: The vector environment's seed (any Python int; reduced to 64 bits).
+        env_ids: ``int64 [N]`` global environment indices.
+    """
+
+    seed: int
+    env_ids: torch.Tensor
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,7 @@ class ViewTransformEnv(gym.Env):
             if batch.shape != self.action_space.shape:
                 raise ValueError(f"action must have shape {self.action_space.shape}, got {batch.shape}")
             batch = batch[None]
-        if self.vector._done.any():
+        if bool(self.vector.ended.any()):
             raise RuntimeError("the episode has ended: call reset() before step()")
         obs, reward, terminated, truncated, info = self.vector.step(batch)
         return _numpy(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]), self._info(info)

@@ -1,15 +1,15 @@
 """The native vector environment: ``num_envs`` ViewTransform environments as tensors on one device.
 
-The class is a thin shell: it validates arguments and actions, keeps an :class:`~view_env.core.EnvState`, and
-calls the pure functions of :mod:`view_env.core` and the renderer of :mod:`view_env.render`. See docs/envs.md for
-the environment card.
+The class is a thin shell: it validates arguments and actions, holds the current (frozen)
+:class:`~view_env.core.EnvState`, calls the pure :func:`view_env.core.reset` and :func:`view_env.core.step`, renders
+with :mod:`view_env.render`, and keeps Gymnasium's autoreset bookkeeping (which environments have ended,
+``final_obs``). See docs/envs.md for the environment card.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -98,19 +98,13 @@ class ViewTransformVectorEnv(VectorEnv):
             )
         if isinstance(params.get("augmentations"), list):
             params["augmentations"] = tuple(params["augmentations"])
-        self.params = core.EnvParams(**params)
+        self.params = core.EnvParams(task=task, **params)
         if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} is invalid: expected an integer >= 1")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r} is invalid: expected None or 'rgb_array'")
-        if not (task in ("none", "search") or callable(task)):
-            raise ValueError(f"task={task!r} is invalid: expected 'none', 'search' or a callable on the annotation")
-        if task == "search" and self.params.obs_mode != "dict":
-            raise ValueError("task='search' needs obs_mode='dict', so that the target is part of the observation; "
-                             f"got obs_mode={self.params.obs_mode!r}")
         self.device = torch.device(device)
         self.num_envs = num_envs
-        self.task = task
         self.render_mode = render_mode
         self.autoreset_mode = _as_autoreset(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
@@ -120,7 +114,7 @@ class ViewTransformVectorEnv(VectorEnv):
             raise ValueError(f"task='search' needs a dataset with object categories; {self.bank.dataset.name!r} "
                              "has none")
         self.temporal = temporal
-        self._neighbour_slots = self._temporal_links() if temporal else None
+        self._neighbours = self._temporal_links() if temporal else None
 
         s = self.params.obs_size
         view_space = gym.spaces.Box(0, 255, (3, s, s), np.uint8)
@@ -145,10 +139,28 @@ class ViewTransformVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
 
         self._env_ids = torch.arange(num_envs, device=self.device)
-        self._seed = int(np.random.SeedSequence().entropy % 2**63)
+        self._key = core.Key(int(np.random.SeedSequence().entropy % 2**63), self._env_ids)
         self.state = core.EnvState.empty(num_envs, self.device)
-        self._done = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+        self._ended = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         self._all = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+
+    @property
+    def task(self) -> core.Task:
+        """The reward (``params.task``): ``"none"``, ``"search"`` or a callable on the annotations."""
+        return self.params.task
+
+    @property
+    def ended(self) -> torch.Tensor:
+        """``bool [N]``: environments whose episode has ended and not begun again (only ever set under the
+        ``next_step`` and ``disabled`` autoreset modes); a copy."""
+        return self._ended.clone()
+
+    @property
+    def data(self) -> core.EnvData:
+        """The bank's tensors the MDP reads, as :func:`view_env.core.step` takes them (rebuilt per call: a pool's
+        tensors change when it refreshes)."""
+        bank = self.bank
+        return core.EnvData(bank.sizes, bank.boxes, bank.labels, self.num_categories, self._neighbours)
 
     # ----------------------------------------------------------------------------------------------- set-up
 
@@ -226,7 +238,7 @@ class ViewTransformVectorEnv(VectorEnv):
         if seed is not None:
             if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
                 raise TypeError(f"seed={seed!r} is invalid: expected an int or None")
-            self._seed = int(seed)
+            self._key = core.Key(int(seed), self._env_ids)
             self.state = core.EnvState.empty(self.num_envs, self.device)
             if mask is not None:
                 raise ValueError("pass either seed= (which resets every environment) or a reset_mask, not both")
@@ -239,36 +251,32 @@ class ViewTransformVectorEnv(VectorEnv):
                 raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},), got "
                                  f"shape {tuple(mask.shape)} and dtype {mask.dtype}")
         self._reset_where(mask)
-        self._done = self._done & ~mask
-        annotation = self._annotation()
+        self._ended = self._ended & ~mask
+        annotation = core.annotate(self.params, self.data, self.state)
         return self._observe(), self._info(annotation)
 
     def step(self, actions: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Step every environment; see docs/envs.md for the autoreset behaviour of each mode."""
         action = self._check_action(actions)
-        state = self.state
-        if self.autoreset_mode == AutoresetMode.DISABLED and bool(self._done.any()):
-            ended = self._done.nonzero().flatten().tolist()
+        if self.autoreset_mode == AutoresetMode.DISABLED and bool(self._ended.any()):
+            ended = self._ended.nonzero().flatten().tolist()
             raise RuntimeError(f"environments {ended[:10]} have ended and autoreset_mode is DISABLED: call "
                                "reset(options={'reset_mask': mask}) for them before stepping")
+        previous = self.state
+        self.state, annotation, reward, terminated, truncated = core.step(self.params, self.data, previous, action)
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            restarting = self._done
-        else:
-            restarting = torch.zeros_like(self._done)
-        new_state = self._transition(state, action)
-        self.state = new_state.where(restarting, state)  # restarting rows are reset just below
-        if bool(restarting.any()):
-            self._reset_where(restarting)
-        annotation = self._annotation()
-        reward, terminated = core.task_reward(self.task, annotation, self.state)
-        limit = self.params.max_episode_steps
-        truncated = (self.state.step >= limit) & ~terminated if limit is not None else torch.zeros_like(terminated)
-        reward = torch.where(restarting, 0.0, reward)
-        terminated, truncated = terminated & ~restarting, truncated & ~restarting
+            # Environments that ended on the previous step begin a new episode instead of acting.
+            restarting = self._ended
+            if bool(restarting.any()):
+                self.state = self.state.where(restarting, previous)
+                self._reset_where(restarting)
+                annotation = core.annotate(self.params, self.data, self.state)
+            reward = torch.where(restarting, 0.0, reward)
+            terminated, truncated = terminated & ~restarting, truncated & ~restarting
         done = terminated | truncated
         obs = self._observe()
         info = self._info(annotation)
-        self._done = done
+        self._ended = done
         if self.autoreset_mode == AutoresetMode.SAME_STEP and bool(done.any()):
             info["final_obs"] = obs
             info["_final_obs"] = done
@@ -276,11 +284,11 @@ class ViewTransformVectorEnv(VectorEnv):
             info["_final_info"] = done
             del info["final_info"]["final_obs"], info["final_info"]["_final_obs"]
             self._reset_where(done)
-            self._done = torch.zeros_like(done)
+            self._ended = torch.zeros_like(done)
             # Only the environments that restarted need a new observation and annotation.
             rows = done.nonzero().flatten()
             obs = _scatter_rows(obs, rows, self._observe(rows))
-            annotation = annotation.index_copy(0, rows, self._annotation(rows))
+            annotation = annotation.index_copy(0, rows, core.annotate(self.params, self.data, self.state.rows(rows)))
             info.update(self._info(annotation))
         return obs, reward, terminated, truncated, info
 
@@ -297,28 +305,12 @@ class ViewTransformVectorEnv(VectorEnv):
 
     # ----------------------------------------------------------------------------------------------- internals
 
-    def _transition(self, state: core.EnvState, action: torch.Tensor) -> core.EnvState:
-        if not self.temporal:
-            return core.step_state(state, action, self.bank.sizes, self.params)
-        if self.params.action_mode == "discrete":
-            base = self.params.num_actions
-            move = torch.where(action == base, -1, torch.where(action == base + 1, 1, 0))
-            spatial = torch.where(move != 0, 0, action)  # a temporal action is a no-op in space
-        else:
-            move = torch.round(action[:, -1].clamp(-1, 1)).long()  # strength < -0.5: back, > 0.5: forward
-            spatial = action[:, :-1]
-        new_state = core.step_state(state, spatial, self.bank.sizes, self.params)
-        links = self._neighbour_slots[new_state.slot]
-        slot = torch.where(move < 0, links[:, 0], torch.where(move > 0, links[:, 1], new_state.slot))
-        return replace(new_state, slot=slot)
-
     def _reset_where(self, mask: torch.Tensor) -> None:
         if isinstance(self.bank, ImagePool):
             busy = torch.zeros(len(self.bank), dtype=torch.bool, device=self.device)
             busy[self.state.slot[~mask]] = True
             self.bank.refresh(busy=busy)
-        self.state = core.reset_state(self.state, mask, self._seed, self._env_ids, len(self.bank), self.bank.sizes,
-                                      self.bank.labels, self.bank.boxes, self.params, self.task == "search")
+        self.state = core.reset(self.params, self.data, self.state, mask, self._key)
 
     def _check_action(self, actions: Any) -> torch.Tensor:
         n = self.num_envs
@@ -355,14 +347,6 @@ class ViewTransformVectorEnv(VectorEnv):
             raise ValueError(f"{mode} actions must be finite; environments {where} hold NaN or inf: "
                              f"{tensor[where].tolist()}")
         return tensor
-
-    def _annotation(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """``float32 [N, A]`` coverage annotations, or those of the environments in ``rows`` only."""
-        slot, box = self.state.slot, self.state.box
-        if rows is not None:
-            slot, box = slot[rows], box[rows]
-        return core.coverage(box, self.bank.boxes[slot], self.bank.labels[slot], self.num_categories,
-                             self.params.coverage_grid)
 
     def _observe(self, rows: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         """The observations of every environment, or of the environments in ``rows`` only."""
@@ -424,5 +408,3 @@ def draw_boxes(images: torch.Tensor, boxes: torch.Tensor, colour: tuple[int, int
     paint = torch.tensor(colour, dtype=torch.uint8, device=images.device).view(1, 3, 1, 1)
     return torch.where(outline[:, None], paint, images)
 
-
-SearchTask = Callable[[torch.Tensor], torch.Tensor]
