@@ -126,22 +126,43 @@ class CocoDataset(ImageDataset):
         self.image_dir = self.root / split_folder
         instances_path = self.root / "annotations" / f"instances_{split_folder}.json"
         instances = load_json(instances_path)
+        index_of_category = self._read_categories(instances, instances_path)
+        position, file_names, sizes = self._read_images(instances, instances_path)
+        boxes, labels = self._read_boxes(instances, instances_path, position, sizes, index_of_category)
+        captions_path = self.root / "annotations" / f"captions_{split_folder}.json"
+        self.has_captions = captions and captions_path.is_file()
+        caption_lists = _read_captions(captions_path, position) if self.has_captions else defaultdict(list)
+        self.records = [
+            ImageRecord(
+                key=f"{split_folder}/{file_names[i]}",
+                width=sizes[i][0],
+                height=sizes[i][1],
+                boxes=np.asarray(boxes[image_id], dtype=np.float32).reshape(-1, 4),
+                labels=np.asarray(labels[image_id], dtype=np.int64),
+                captions=tuple(caption_lists[image_id]),
+            )
+            for i, image_id in enumerate(self.image_ids)
+        ]
 
+    def _read_categories(self, instances: dict, instances_path: Path) -> dict[int, int]:
+        """Sets ``category_ids`` and ``categories`` (sorted by id); returns the contiguous index of each id."""
         categories = sorted(_require_list(instances, "categories", instances_path), key=lambda c: _field(
             c, "id", int, instances_path, "category"))
         self.category_ids: tuple[int, ...] = tuple(c["id"] for c in categories)
         if len(set(self.category_ids)) != len(self.category_ids):
             raise DatasetFormatError(instances_path, f"duplicate category ids in {list(self.category_ids)}")
         self.categories = tuple(str(_field(c, "name", str, instances_path, "category")) for c in categories)
-        index_of_category = {cid: k for k, cid in enumerate(self.category_ids)}
+        return {cid: k for k, cid in enumerate(self.category_ids)}
 
-        images = _require_list(instances, "images", instances_path)
+    def _read_images(self, instances: dict, instances_path: Path
+                     ) -> tuple[dict[int, int], list[str], list[tuple[int, int]]]:
+        """Sets ``image_ids`` and ``paths``; returns each id's position, the file names and (width, height)."""
         self.image_ids: list[int] = []
-        paths: list[Path] = []
+        self.paths: list[Path] = []
         file_names: list[str] = []
         sizes: list[tuple[int, int]] = []
         position: dict[int, int] = {}
-        for entry in images:
+        for entry in _require_list(instances, "images", instances_path):
             image_id = _field(entry, "id", int, instances_path, "image")
             if image_id in position:
                 raise DatasetFormatError(instances_path, f"image id {image_id} is listed twice")
@@ -152,11 +173,16 @@ class CocoDataset(ImageDataset):
                 raise DatasetFormatError(instances_path, f"image {image_id} has size {width}x{height}")
             position[image_id] = len(self.image_ids)
             self.image_ids.append(image_id)
-            paths.append(resolve_inside(self.image_dir, file_name, instances_path))
+            self.paths.append(resolve_inside(self.image_dir, file_name, instances_path))
             file_names.append(file_name)
             sizes.append((width, height))
-        self.paths = paths
+        return position, file_names, sizes
 
+    def _read_boxes(self, instances: dict, instances_path: Path, position: dict[int, int],
+                    sizes: list[tuple[int, int]], index_of_category: dict[int, int]
+                    ) -> tuple[dict[int, list[list[float]]], dict[int, list[int]]]:
+        """Boxes clipped to their image, in pixels ``(x0, y0, x1, y1)``, and their category indices, per image id;
+        counts the boxes left empty by clipping in ``dropped_boxes``."""
         boxes: dict[int, list[list[float]]] = defaultdict(list)
         labels: dict[int, list[int]] = defaultdict(list)
         self.dropped_boxes = 0
@@ -181,29 +207,19 @@ class CocoDataset(ImageDataset):
                 continue
             boxes[image_id].append([x0, y0, x1, y1])
             labels[image_id].append(index_of_category[category_id])
-
-        caption_lists: dict[int, list[str]] = defaultdict(list)
-        captions_path = self.root / "annotations" / f"captions_{split_folder}.json"
-        self.has_captions = captions and captions_path.is_file()
-        if self.has_captions:
-            for entry in _require_list(load_json(captions_path), "annotations", captions_path):
-                image_id = _field(entry, "image_id", int, captions_path, "caption")
-                text = _field(entry, "caption", str, captions_path, f"caption of image {image_id}")
-                if image_id not in position:
-                    raise DatasetFormatError(captions_path, f"caption refers to unknown image id {image_id}")
-                caption_lists[image_id].append(text.strip())
-
-        self.records = [
-            ImageRecord(
-                key=f"{split_folder}/{file_names[i]}",
-                width=sizes[i][0],
-                height=sizes[i][1],
-                boxes=np.asarray(boxes[image_id], dtype=np.float32).reshape(-1, 4),
-                labels=np.asarray(labels[image_id], dtype=np.int64),
-                captions=tuple(caption_lists[image_id]),
-            )
-            for i, image_id in enumerate(self.image_ids)
-        ]
+        return boxes, labels
 
     def _open(self, index: int) -> Path:
         return self.paths[index]
+
+
+def _read_captions(captions_path: Path, position: dict[int, int]) -> dict[int, list[str]]:
+    """The captions of each image id in a ``captions_<split>.json``."""
+    caption_lists: dict[int, list[str]] = defaultdict(list)
+    for entry in _require_list(load_json(captions_path), "annotations", captions_path):
+        image_id = _field(entry, "image_id", int, captions_path, "caption")
+        text = _field(entry, "caption", str, captions_path, f"caption of image {image_id}")
+        if image_id not in position:
+            raise DatasetFormatError(captions_path, f"caption refers to unknown image id {image_id}")
+        caption_lists[image_id].append(text.strip())
+    return caption_lists
