@@ -41,44 +41,15 @@ from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, 
 from agents.collect import TransitionCollector, rrc_env_kwargs
 from agents.config import PretrainConfig, parse_config
 from agents.data import ReplayBuffer, ReplayFeeder, ShardDataset, Transitions
-from agents.models import CaptionTokenizer, build_encoder
-from agents.sources import CaptionSource, LabelSource, PrototypeSource, ViewSource
+from agents.models import CaptionTokenizer
+from agents.network import MODEL_FIELDS, build_network
 from view_env import EnvParams
 from view_env.data import ImageDataset, load_dataset
 from view_env.vector import ViewTransformVectorEnv
 
-#: Fields that define the network: a checkpoint resumes only under the same values.
-MODEL_FIELDS = ("annotations", "encoder", "encoder_depth", "encoder_dim", "patch_size", "pool", "obs_size", "embed_dim",
-                "action_tokens", "action_bins", "value_depth", "value_dim", "num_prototypes")
 #: Fields that define the data stream: a resumed run replays its buffer only under the same values.
 STREAM_FIELDS = ("env", "root", "split", "data", "policy", "views", "crop_scale", "crop_ratio", "num_envs",
                  "max_episode_steps", "augmentations", "max_pan", "buffer_size", "seed")
-
-
-def build_network(config: PretrainConfig, num_categories: int, tokenizer: CaptionTokenizer | None = None
-                  ) -> gvf.GVFNetwork:
-    """The online network described by ``config`` (parameters drawn from the current torch seed)."""
-    overrides: dict[str, Any] = {}
-    if config.encoder.startswith("vit"):
-        overrides = {k: v for k, v in {"depth": config.encoder_depth, "dim": config.encoder_dim}.items()
-                     if v is not None}
-        overrides["pool"] = config.pool
-        if "dim" in overrides:
-            overrides["heads"] = max(1, overrides["dim"] // 64)
-    encoder = build_encoder(config.encoder, config.obs_size, config.patch_size, **overrides)
-    d = config.embed_dim
-    if config.annotations == "views":
-        source: nn.Module = ViewSource(encoder.dim, d)
-    elif config.annotations == "prototypes":
-        source = PrototypeSource(encoder.dim, d, num_prototypes=config.num_prototypes)
-    elif config.annotations == "captions":
-        if tokenizer is None:
-            raise ValueError("annotations='captions' needs a caption tokenizer built from the dataset's captions")
-        source = CaptionSource(tokenizer, d)
-    else:
-        source = LabelSource(num_categories, d)
-    return gvf.GVFNetwork(encoder, source, d, action_bins=config.action_bins, value_depth=config.value_depth,
-                          action_tokens=config.action_tokens, value_dim=config.value_dim)
 
 
 def learning_rate(config: PretrainConfig, step: int) -> float:

@@ -43,7 +43,7 @@ def test_the_prototype_source_trains(tiny_shapes, tmp_path):
     config = tiny(tiny_shapes, tmp_path, annotations="prototypes", total_steps=20, lr=3e-3, buffer_size=256,
                   batch_size=16)
     torch.manual_seed(config.seed)
-    from agents.pretrain import build_network
+    from agents.network import build_network
 
     initial = build_network(config, len(CATEGORIES)).state_dict()
     summary = train(config)
