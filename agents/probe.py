@@ -1236,22 +1236,35 @@ def probe_encoders(
     return {name: run_probes(encoder, data, device, epochs, progress, **settings) for name, encoder in rows.items()}
 
 
-def format_probe_table(rows: Mapping[str, Mapping[str, float]], digits: int = 4) -> str:
+#: A cell of a probe table: a score, or the ``(mean, std)`` of a score over runs.
+Score = float | tuple[float, float]
+
+
+def format_probe_table(rows: Mapping[str, Mapping[str, Score]], digits: int = 4, *, markdown: bool = False) -> str:
     """Several encoders' scores side by side: one line per encoder (row name first), one column per score key (in
-    the order they first appear); a score a row lacks shows as ``-``.
+    the order they first appear); a score a row lacks shows as ``-``, a ``(mean, std)`` pair as ``mean ± std``.
 
     Args:
         rows: Row name (e.g. ``"pretrained"``, ``"random init"``, ``"colour grid"``) -> score key -> value.
         digits: Decimals of each value.
+        markdown: A Markdown table (``| encoder | key | ... |``) instead of aligned plain-text columns.
 
     Raises:
         ValueError: ``rows`` is empty.
     """
     if not rows:
         raise ValueError("rows is empty: pass {encoder name: {score key: value}}")
+
+    def cell(value: Score) -> str:
+        if isinstance(value, tuple):
+            return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+        return f"{value:.{digits}f}"
+
     keys = list(dict.fromkeys(key for scores in rows.values() for key in scores))
-    cells = {name: [f"{scores[key]:.{digits}f}" if key in scores else "-" for key in keys]
-             for name, scores in rows.items()}
+    cells = {name: [cell(scores[key]) if key in scores else "-" for key in keys] for name, scores in rows.items()}
+    if markdown:
+        lines = ["| encoder | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        return "\n".join(lines + [f"| {name} | " + " | ".join(values) + " |" for name, values in cells.items()])
     first = max(len("encoder"), *(len(name) for name in rows))
     widths = [max(len(key), *(len(values[i]) for values in cells.values())) for i, key in enumerate(keys)]
     lines = [f"{'encoder':<{first}}" + "".join(f"  {key:>{w}}" for key, w in zip(keys, widths, strict=True)),

@@ -14,6 +14,7 @@ import torch
 from agents.checkpoint import CheckpointError, load_checkpoint, load_encoder, load_network
 from agents.config import PretrainConfig, parse_config
 from agents.pretrain import main, train
+from view_env import default_canvas_size
 from view_env.data.shapes import CATEGORIES
 
 
@@ -171,11 +172,17 @@ def test_probe_command_on_a_real_checkpoint(tiny_shapes, tmp_path, capsys):
     from agents import probe
 
     train(tiny(tiny_shapes, tmp_path, total_steps=2))
-    scores = probe.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(tmp_path / "p.json"),
-                         "--epochs", "5", "--no-progress"])
-    assert set(scores) >= {"presence_map", "box_top1", "knn_top1", "count_acc", "count_mae"}
-    assert json.loads((tmp_path / "p.json").read_text())["scores"] == scores
-    assert "presence_map" in capsys.readouterr().out
+    assert probe.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(tmp_path / "p.json"),
+                       "--epochs", "5", "--no-progress"]) == 0
+    record = json.loads((tmp_path / "p.json").read_text())
+    assert set(record["scores"]) >= {"presence_map", "box_top1", "knn_top1", "count_acc", "count_mae"}
+    assert record["canvas_size"] == default_canvas_size(record["view_size"])  # the environment's canvas rule
+    out = capsys.readouterr().out
+    assert "presence_map" in out and f"{record['scores']['presence_map']:.4f}" in out
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert probe.main(["--checkpoint", str(corrupt), "--no-progress"]) == 2
+    assert "corrupt" in capsys.readouterr().err
 
 
 def test_training_from_collected_shards(tiny_shapes, tmp_path):
