@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from agents import cli
 from agents.cli import check, option
+from agents.config import check_env_value
 from agents.data import (
     DEFAULT_SHARD_SIZE,
     INDEX_NAME,
@@ -520,6 +521,7 @@ class CollectConfig:
         self.out = Path(self.out)
         for name in ("num_transitions", "num_envs", "obs_size", "max_episode_steps", "shard_size"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        check_env_value("obs_size", self.obs_size)
         check(self.views >= 2, "views", self.views, "an integer >= 2 (a transition needs two views of an image)")
         check(_is_device(self.device), "device", self.device,
               "a torch device this machine has (e.g. cpu, cuda, cuda:1; CUDA only where it is available)")

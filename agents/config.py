@@ -14,15 +14,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import cli
-from agents.cli import check, option
+from agents.cli import check, flag_name, option
 from agents.gvf import BACKUPS
 from agents.models import ENCODERS
 from agents.sources import SOURCES
-from view_env import AUGMENTATIONS
+from view_env import AUGMENTATIONS, EnvParams
 
 ENV_NAMES = ("shapes", "coco", "images", "video")
 #: Behaviour policies the pretrainer can collect with (see :mod:`agents.collect`).
 POLICY_NAMES = ("rrc", "uniform")
+
+
+def check_env_value(name: str, value: Any) -> None:
+    """Check ``value`` of the environment parameter ``name`` by view_env's own rule (:class:`view_env.EnvParams`),
+    naming the flag it came from (``--name``).
+
+    Raises:
+        ValueError: ``--name VALUE: <view_env's message>``.
+    """
+    try:
+        EnvParams(**{name: value})
+    except ValueError as error:
+        raise ValueError(f"{flag_name(name)} {value!r}: {error}") from None
 
 
 @dataclass
@@ -128,6 +141,7 @@ class PretrainConfig:
                      "buffer_size", "num_envs", "max_episode_steps", "checkpoint_every", "num_prototypes",
                      "value_depth", "value_dim", "probe_train_images"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
+        check_env_value("obs_size", self.obs_size)
         need(self.batch_size >= 2, "batch_size", "at least 2 (the annotations are the batch)")
         need(self.buffer_size >= self.batch_size, "buffer_size", f">= batch_size ({self.batch_size})")
         need(self.replay_ratio > 0, "replay_ratio", "a number > 0 (how many times each transition is sampled)")

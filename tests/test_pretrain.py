@@ -155,6 +155,28 @@ def test_bad_arguments(tiny_shapes, tmp_path, capsys):
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, value", [
+    *((name, 0) for name in ("obs_size", "embed_dim", "num_next_actions", "action_bins", "total_steps",
+                             "batch_size", "buffer_size", "num_envs", "max_episode_steps", "checkpoint_every",
+                             "num_prototypes", "value_depth", "value_dim", "probe_train_images")),
+    ("env", "mnist"), ("annotations", "pixels"), ("encoder", "vgg"), ("pool", "max"), ("gamma", 1.0),
+    ("backup", "softmax"), ("bootstrap_weight", -1.0), ("replay_ratio", 0.0), ("policy", "greedy"), ("views", 1),
+    ("crop_scale", (0.5, 0.1)), ("crop_ratio", (2.0, 1.0)), ("ema_momentum", 1.5), ("lr", 0.0),
+    ("weight_decay", -1.0), ("warmup_steps", -1), ("num_workers", -1), ("augmentations", ("sepia",)),
+])
+def test_each_invalid_field_names_its_own_flag(name, value):
+    """Every check of PretrainConfig reports the field it checks (not a neighbour checked in the same breath)."""
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(ValueError, match=rf"^{flag} .* is invalid: expected ") as error:
+        PretrainConfig(**{name: value})
+    assert str(error.value).startswith(f"{flag} {value!r} is invalid")
+
+
+def test_a_view_size_the_environment_refuses_names_the_flag():
+    with pytest.raises(ValueError, match=r"^--obs-size 4: obs_size=4 is invalid: expected an integer >= 8"):
+        PretrainConfig(obs_size=4)
+
+
 def test_command_line_runs_and_probes(tiny_shapes, tmp_path, capsys):
     args = ["--root", str(tiny_shapes), "--value-dim", "32", "--obs-size", "32",
             "--embed-dim", "32", "--value-depth", "1", "--total-steps", "3", "--batch-size", "8",

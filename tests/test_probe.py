@@ -523,3 +523,21 @@ def test_new_inputs_raise_value_errors_naming_the_value(banks, data):
         probe_encoders({COLOUR_GRID: _tiny_encoder()}, data, progress=False)
     with pytest.raises(ValueError, match="encoders is empty"):
         probe_encoders({}, data, colour_grid=False)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max-images", "0", "--max-images 0 is invalid: expected an integer >= 1"),
+    ("--view-size", "0", "--view-size 0 is invalid"),
+    ("--canvas-size", "0", "--canvas-size 0 is invalid"),
+    ("--epochs", "0", "--epochs 0 is invalid"),
+    ("--attentive-epochs", "0", "--attentive-epochs 0 is invalid"),
+    ("--min-crop-area", "1.5", "--min-crop-area 1.5 is invalid: expected a fraction of the image's area in [0, 1]"),
+    ("--dataset", "images", "argument --dataset: invalid choice: 'images'"),
+    ("--seed", "x", "argument --seed: invalid int value: 'x'"),
+])
+def test_cli_names_the_flag_of_each_bad_value(tmp_path, fake_loader, capsys, flag, value, message):
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"stand-in")
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(["--checkpoint", str(checkpoint), flag, value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err and fake_loader == []
