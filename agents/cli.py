@@ -140,6 +140,7 @@ def convert(cls: type, name: str, text: str) -> Any:
 
 
 def _default_text(value: Any) -> str:
+    """A default as the help shows it: ``on``/``off``, a tuple comma-separated, a list space-separated."""
     if isinstance(value, bool):
         return _SWITCH[value]
     if isinstance(value, (tuple, list)):
@@ -148,12 +149,13 @@ def _default_text(value: Any) -> str:
 
 
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, annotation: Any) -> None:
+    """Add the argument of field ``f`` (see :func:`option`) to ``parser``."""
     meta = dict(f.metadata)
     kwargs: dict[str, Any] = dict(meta.get("argparse", {}))
     help_text = meta.get("help", "")
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    if not required and default is not None and "(default" not in help_text:
+    if not required and default not in (None, [], ()) and "(default" not in help_text:
         help_text += f" (default: {_default_text(default)})"
     kind, _ = _optional(annotation)
     if kind is bool and "action" not in kwargs:
