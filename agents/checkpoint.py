@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from agents.config import PretrainConfig
+from agents.models import CaptionTokenizer
+from agents.network import build_network
 
 FORMAT = "view_env-agents-gvf"
 VERSION = 1
@@ -101,9 +103,6 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     Raises:
         CheckpointError: As :func:`load_checkpoint`, or when the weights do not fit the model its config describes.
     """
-    from agents.models import CaptionTokenizer
-    from agents.pretrain import build_network
-
     payload = load_checkpoint(path, map_location=device)
     config, extra = payload["config"], payload["extra"]
     tokenizer = CaptionTokenizer.from_state_dict(extra["tokenizer"]) if "tokenizer" in extra else None

@@ -36,6 +36,9 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from tqdm import tqdm
 
+from agents import cli
+from agents.cli import check, option
+from agents.config import check_env_value
 from agents.data import (
     DEFAULT_SHARD_SIZE,
     INDEX_NAME,
@@ -474,130 +477,73 @@ class TransitionCollector:
 # ----------------------------------------------------------------------------------------------- command line
 
 
-@dataclasses.dataclass
-class CollectConfig:
-    """Arguments of ``python -m agents.collect``."""
-
-    env: str
-    """Data source of the environment: a name in ``view_env.data.DATASETS``."""
-    out: Path
-    """Directory for the shards and ``index.json``."""
-    num_transitions: int
-    """Transitions to write."""
-    num_envs: int = 64
-    """Environments stepped together (one episode each per round)."""
-    obs_size: int = 64
-    """Side of the square views, pixels."""
-    device: str = "cpu"
-    """Where the environment runs."""
-    seed: int = 0
-    """Seed of the rounds (environment and policy)."""
-    root: str | None = None
-    """Dataset root (default: the source's environment variable or cache)."""
-    split: str | None = None
-    """Dataset split (shapes and coco: train or val; default train)."""
-    policy: str = "rrc"
-    """``rrc`` (the paper's independent RandomResizedCrop views), ``uniform`` (the random walk), or ``ALGO:PATH``,
-    a saved stable-baselines3 model (ALGO in ``SB3_ALGORITHMS``)."""
-    views: int = 4
-    """Views per image for ``rrc`` (every ordered pair is a transition)."""
-    max_episode_steps: int = 16
-    """Episode length of the random walk and of stable-baselines3 policies."""
-    augmentations: str = "flip"
-    """Comma-separated augmentations of the environment (``view_env.AUGMENTATIONS``)."""
-    shard_size: int = DEFAULT_SHARD_SIZE
-    """Transitions per shard file."""
-    overwrite: bool = False
-    """Replace the shards already in ``out``."""
+def _is_policy(value: str) -> bool:
+    """Whether ``value`` names a behaviour policy: one of :data:`POLICIES` or ``ALGO:PATH`` of a saved model."""
+    if value in POLICIES:
+        return True
+    algorithm, _, path = value.partition(":")
+    saved = bool(path) and (Path(path).is_file() or Path(f"{path}.zip").is_file())
+    return algorithm.lower() in SB3_ALGORITHMS and saved
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is invalid: expected an integer >= 1")
-    return number
-
-
-def _views(value: str) -> int:
-    number = _positive_int(value)
-    if number < 2:
-        raise argparse.ArgumentTypeError(f"{value!r} is invalid: a transition needs at least 2 views of an image")
-    return number
-
-
-def _device(value: str) -> str:
+def _is_device(value: str) -> bool:
+    """Whether ``value`` is a torch device this machine has."""
     try:
         device = torch.device(value)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{value!r}: CUDA is not available on this machine; use --device cpu")
-    return value
+        return False
+    return device.type != "cuda" or torch.cuda.is_available()
 
 
-def _policy(value: str) -> str:
-    if value in POLICIES:
-        return value
-    algorithm, _, path = value.partition(":")
-    if algorithm.lower() not in SB3_ALGORITHMS or not path:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a behaviour policy: expected one of {list(POLICIES)} or "
-                                         f"ALGO:PATH with ALGO in {list(SB3_ALGORITHMS)} and PATH a saved "
-                                         "stable-baselines3 model")
-    if not (Path(path).is_file() or Path(f"{path}.zip").is_file()):
-        raise argparse.ArgumentTypeError(f"{value!r}: no saved model at {path}")
-    return value
+@dataclasses.dataclass
+class CollectConfig:
+    """Arguments of ``python -m agents.collect``; each field's help is its flag's help (:mod:`agents.cli`)."""
 
+    env: str = option(help="data source of the environment", choices=sorted(DATASETS))
+    out: Path = option(help="directory for the shards and index.json")
+    num_transitions: int = option(help="transitions to write")
+    num_envs: int = option(64, "environments stepped together (one episode each per round)")
+    obs_size: int = option(64, "side of the square views, pixels")
+    device: str = option("cpu", "where the environment runs (cpu, cuda, cuda:N)")
+    seed: int = option(0, "seed of the rounds (environment and policy)")
+    root: str | None = option(None, "dataset root (default: the source's environment variable or cache)")
+    split: str | None = option(None, "dataset split (shapes and coco: train or val; default train)")
+    policy: str = option("rrc", f"{' or '.join(POLICIES)} (the paper's independent RandomResizedCrop views, the "
+                         f"random walk), or ALGO:PATH, a saved stable-baselines3 model, ALGO in "
+                         f"{list(SB3_ALGORITHMS)}")
+    views: int = option(4, "views per image for rrc (every ordered pair is a transition)")
+    max_episode_steps: int = option(16, "episode length of the random walk and of stable-baselines3 policies")
+    augmentations: str = option("flip", "comma-separated augmentations of the environment (view_env.AUGMENTATIONS)")
+    shard_size: int = option(DEFAULT_SHARD_SIZE, "transitions per shard file")
+    overwrite: bool = option(False, "replace the shards already in --out")
 
-def _augmentations(value: str) -> str:
-    names = [name for name in value.split(",") if name]
-    unknown = [name for name in names if name not in AUGMENTATIONS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"{value!r}: unknown augmentations {unknown}; expected names from "
-                                         f"{list(AUGMENTATIONS)}")
-    return value
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for name in ("num_transitions", "num_envs", "obs_size", "max_episode_steps", "shard_size"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        check_env_value("obs_size", self.obs_size)
+        check(self.views >= 2, "views", self.views, "an integer >= 2 (a transition needs two views of an image)")
+        check(_is_device(self.device), "device", self.device,
+              "a torch device this machine has (e.g. cpu, cuda, cuda:1; CUDA only where it is available)")
+        check(_is_policy(self.policy), "policy", self.policy,
+              f"one of {list(POLICIES)} or ALGO:PATH with ALGO in {list(SB3_ALGORITHMS)} and PATH a saved "
+              "stable-baselines3 model that exists")
+        unknown = [name for name in self.augmentation_names if name not in AUGMENTATIONS]
+        check(not unknown, "augmentations", self.augmentations,
+              f"comma-separated names from {list(AUGMENTATIONS)} (unknown: {unknown})")
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m agents.collect`` (fields of :class:`CollectConfig`)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m agents.collect",
-        description="Step a ViewTransform vector environment under a behaviour policy and write its transitions "
-                    "(view, relative box, next view, annotation) to shard files for agents.pretrain.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    defaults = CollectConfig(env="shapes", out=Path("."), num_transitions=1)
-    parser.add_argument("--env", required=True, choices=sorted(DATASETS), help="data source of the environment")
-    parser.add_argument("--out", required=True, type=Path, help="directory for the shards and index.json")
-    parser.add_argument("--num-transitions", required=True, type=_positive_int, help="transitions to write")
-    parser.add_argument("--num-envs", type=_positive_int, default=defaults.num_envs, help="environments per round")
-    parser.add_argument("--obs-size", type=_positive_int, default=defaults.obs_size, help="view side, pixels")
-    parser.add_argument("--device", type=_device, default=defaults.device, help="where the environment runs")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the rounds")
-    parser.add_argument("--root", default=defaults.root, help="dataset root (default: its env variable or cache)")
-    parser.add_argument("--split", default=defaults.split, help="dataset split (shapes, coco: train or val)")
-    parser.add_argument("--policy", type=_policy, default=defaults.policy,
-                        help=f"{' or '.join(POLICIES)}, or ALGO:PATH, a saved stable-baselines3 model, ALGO in "
-                             f"{list(SB3_ALGORITHMS)}")
-    parser.add_argument("--views", type=_views, default=defaults.views,
-                        help="views per image for rrc (every ordered pair is a transition)")
-    parser.add_argument("--max-episode-steps", type=_positive_int, default=defaults.max_episode_steps,
-                        help="episode length of the random walk and of stable-baselines3 policies")
-    parser.add_argument("--augmentations", type=_augmentations, default=defaults.augmentations,
-                        help="comma-separated augmentations of the environment")
-    parser.add_argument("--shard-size", type=_positive_int, default=defaults.shard_size,
-                        help="transitions per shard file")
-    parser.add_argument("--overwrite", action="store_true", help="replace the shards already in --out")
-    return parser
+    @property
+    def augmentation_names(self) -> tuple[str, ...]:
+        """``augmentations`` split at the commas."""
+        return tuple(name for name in self.augmentations.split(",") if name)
 
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[CollectConfig, argparse.ArgumentParser]:
     """The typed configuration from ``argv`` (default: ``sys.argv[1:]``), and the parser for later errors."""
-    parser = build_parser()
-    namespace = parser.parse_args(argv)
-    return CollectConfig(**vars(namespace)), parser
+    return cli.parse(CollectConfig, argv, prog="python -m agents.collect",
+                     description="Step a ViewTransform vector environment under a behaviour policy and write its "
+                                 "transitions (view, relative box, next view, annotation) to shard files for "
+                                 "agents.pretrain.")
 
 
 def load_sb3_model(spec: str, device: str) -> Any:
@@ -616,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if index_path.exists() and not config.overwrite:
         parser.error(f"--out {config.out} already holds transition shards ({index_path}); pass --overwrite or "
                      "choose another directory")
-    augmentations = tuple(name for name in config.augmentations.split(",") if name)
+    augmentations = config.augmentation_names
     policy: Any = config.policy
     if config.policy == "rrc":
         env_kwargs = rrc_env_kwargs(config.views, augmentations=augmentations)

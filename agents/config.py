@@ -1,148 +1,122 @@
 """The pretrainer's typed configuration, its command line, and the presets.
 
 Every field of :class:`PretrainConfig` is a command-line flag of ``python -m agents.pretrain`` (``gamma`` ->
-``--gamma``, ``total_steps`` -> ``--total-steps``); ``--preset NAME`` starts from a preset and later flags override
-it. A preset's docstring gives the command and the probe result it should reach.
+``--gamma``, ``total_steps`` -> ``--total-steps``), its help written next to the field (:mod:`agents.cli`);
+``--preset NAME`` starts from a preset and later flags override it. A preset's docstring gives the command and the
+probe result it should reach.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents import cli
+from agents.cli import check, flag_name, option
 from agents.gvf import BACKUPS
 from agents.models import ENCODERS
 from agents.sources import SOURCES
-from view_env import AUGMENTATIONS
+from view_env import AUGMENTATIONS, EnvParams
 
 ENV_NAMES = ("shapes", "coco", "images", "video")
 #: Behaviour policies the pretrainer can collect with (see :mod:`agents.collect`).
 POLICY_NAMES = ("rrc", "uniform")
 
 
+def check_env_value(name: str, value: Any) -> None:
+    """Check ``value`` of the environment parameter ``name`` by view_env's own rule (:class:`view_env.EnvParams`),
+    naming the flag it came from (``--name``).
+
+    Raises:
+        ValueError: ``--name VALUE: <view_env's message>``.
+    """
+    try:
+        EnvParams(**{name: value})
+    except ValueError as error:
+        raise ValueError(f"{flag_name(name)} {value!r}: {error}") from None
+
+
 @dataclass
 class PretrainConfig:
-    """Configuration of one pretraining run.
+    """Configuration of one pretraining run; each field's help is its ``--flag``'s help."""
 
-    Attributes:
-        env: The view_env data source (``shapes``, ``coco``, ``images``, ``video``).
-        root: Dataset root (default: the source's environment variable or cache).
-        split: Split to pretrain on (``shapes`` and ``coco``); probes use ``val``.
-        annotations: Annotation source: ``views`` (SimCLR), ``prototypes`` (DINO), ``captions`` (CLIP) or
-            ``labels`` (the environment's annotation vector).
-        encoder: ``cnn`` (a 4-layer CNN, the CPU recipe), ``vit_tiny``, ``vit_small`` or ``resnet18``.
-        encoder_depth: Override of the ViT depth (blocks); ``None`` keeps the preset's.
-        encoder_dim: Override of the ViT width; ``None`` keeps the preset's.
-        patch_size: ViT patch size; ``None`` fits it to the view size.
-        pool: ViT feature pooling: ``mean`` of the patch tokens or the ``cls`` token.
-        obs_size: Side of the views in pixels.
-        embed_dim: Width ``d`` of ``phi``, ``psi`` and the value features.
-        gamma: Discount of the TD target; 0 is the one-step preprint variant.
-        backup: ``max`` (optimal GVF, as in the paper) or ``mean`` (GVF of the candidate-view policy).
-        bootstrap_weight: ``lambda``, the weight of the bootstrapping loss; 0 gives the base method.
-        num_next_actions: ``K``, candidate next views drawn per transition for the backup.
-        action_tokens: Give the value head the action; ``False`` is the "action tokens removed" ablation.
-        action_bins: Bins per relative-box coordinate.
-        value_depth: Transformer decoder layers of the value head.
-        value_dim: Width of the value head's decoder.
-        ema_momentum: Initial EMA momentum of the target network (annealed to 1 by a cosine); ``None`` chooses it
-            from the run's length (``agents.gvf.auto_ema_momentum``: 0.996, or less in runs too short for it).
-        target_network: Keep an EMA target network; ``False`` is the "no target network" ablation: the TD target
-            and DINO's teacher come from the online network's current parameters, without a gradient (momentum 0).
-        num_prototypes: Prototypes of the ``prototypes`` source.
-        total_steps: Optimiser steps.
-        batch_size: Transitions per step (per process).
-        lr: Peak AdamW learning rate (cosine schedule after a linear warm-up).
-        weight_decay: AdamW weight decay (not applied to biases, norms, temperatures, tokens and position
-            embeddings).
-        warmup_steps: Linear warm-up steps; ``None`` is 5% of ``total_steps`` (at least 1).
-        policy: Behaviour policy of the collecting environments: ``rrc`` (the paper's independent
-            RandomResizedCrop views, every ordered pair a transition) or ``uniform`` (a random walk of
-            ``max_episode_steps`` relative moves, consecutive pairs).
-        views: Views per image under ``rrc`` (``V``; ``V (V - 1)`` transitions each).
-        crop_scale: RandomResizedCrop area range (fractions of the image), as ``low,high``; also the range of the
-            backup's candidate next views and the smallest probe crop.
-        crop_ratio: RandomResizedCrop aspect-ratio range, as ``low,high``.
-        buffer_size: Transitions held by the replay ring buffer (per process); memory does not grow beyond it.
-        replay_ratio: Times each transition is sampled on average: after the buffer is first filled,
-            ``batch_size / replay_ratio`` fresh transitions enter it per step.
-        num_envs: Environments collecting (per process), one episode each per round.
-        max_episode_steps: Episode length of the ``uniform`` random walk.
-        augmentations: Augmentations of the collected views (comma-separated on the command line).
-        max_pan: Largest pan of one random-walk move, in view widths.
-        data: A directory of transition shards written by ``python -m agents.collect`` to stream instead of
-            collecting.
-        device: ``cpu``, ``cuda`` or ``cuda:N``.
-        seed: Seed of data collection, initialisation and batches.
-        out: Output directory (checkpoints, probe results).
-        resume: Continue from ``<out>/checkpoint.pt``.
-        checkpoint_every: Steps between checkpoints.
-        probe: Run the probes (pretrained, random-init and colour-grid encoders) at the end.
-        probe_train_images: Train-split images used to fit the probes.
-        num_workers: Processes reading transition shards (``--data``; 0: the main process).
-        bf16: bf16 autocast of the loss on CUDA and on CPUs with native bf16 kernels (AVX512-BF16, AMX); float32
-            elsewhere. On 2 AVX512-BF16 cores it makes a step 1.4 to 1.7 times faster (compare
-            the transitions/s a run prints with --no-bf16).
-        progress: Show progress bars.
-    """
-
-    env: str = "shapes"
-    root: str | None = None
-    split: str = "train"
-    annotations: str = "labels"
-    encoder: str = "cnn"
-    encoder_depth: int | None = None
-    encoder_dim: int | None = None
-    patch_size: int | None = None
-    pool: str = "mean"
-    obs_size: int = 32
-    embed_dim: int = 128
-    gamma: float = 0.5
-    backup: str = "max"
-    bootstrap_weight: float = 1.0
-    num_next_actions: int = 8
-    action_tokens: bool = True
-    action_bins: int = 16
-    value_depth: int = 1
-    value_dim: int = 64
-    ema_momentum: float | None = None
-    target_network: bool = True
-    num_prototypes: int = 256
-    total_steps: int = 1500
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_steps: int | None = None
-    policy: str = "rrc"
-    views: int = 4
-    crop_scale: tuple[float, ...] = (0.05, 1.0)
-    crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)
-    buffer_size: int = 8192
-    replay_ratio: float = 2.0
-    num_envs: int = 64
-    max_episode_steps: int = 16
-    augmentations: tuple[str, ...] = ("flip", "brightness", "contrast", "saturation", "hue")
-    max_pan: float = 0.5
-    data: str | None = None
-    device: str = "cpu"
-    seed: int = 0
-    out: str = "runs/default"
-    resume: bool = False
-    checkpoint_every: int = 100
-    probe: bool = True
-    probe_train_images: int = 2000
-    num_workers: int = 0
-    bf16: bool = True
-    progress: bool = True
+    env: str = option("shapes", "The view_env data source (``shapes``, ``coco``, ``images``, ``video``).")
+    root: str | None = option(None, "Dataset root (default: the source's environment variable or cache).")
+    split: str = option("train", "Split to pretrain on (``shapes`` and ``coco``); probes use ``val``.")
+    annotations: str = option("labels", "Annotation source: ``views`` (SimCLR), ``prototypes`` (DINO), ``captions`` "
+                              "(CLIP) or ``labels`` (the environment's annotation vector).")
+    encoder: str = option("cnn", "``cnn`` (a 4-layer CNN, the CPU recipe), ``vit_tiny``, ``vit_small`` or "
+                          "``resnet18``.")
+    encoder_depth: int | None = option(None, "Override of the ViT depth (blocks); ``None`` keeps the preset's.")
+    encoder_dim: int | None = option(None, "Override of the ViT width; ``None`` keeps the preset's.")
+    patch_size: int | None = option(None, "ViT patch size; ``None`` fits it to the view size.")
+    pool: str = option("mean", "ViT feature pooling: ``mean`` of the patch tokens or the ``cls`` token.")
+    obs_size: int = option(32, "Side of the views in pixels.")
+    embed_dim: int = option(128, "Width ``d`` of ``phi``, ``psi`` and the value features.")
+    gamma: float = option(0.5, "Discount of the TD target; 0 is the one-step preprint variant.")
+    backup: str = option("max", "``max`` (optimal GVF, as in the paper) or ``mean`` (GVF of the candidate-view "
+                         "policy).")
+    bootstrap_weight: float = option(1.0, "``lambda``, the weight of the bootstrapping loss; 0 gives the base "
+                                     "method.")
+    num_next_actions: int = option(8, "``K``, candidate next views drawn per transition for the backup.")
+    action_tokens: bool = option(True, "Give the value head the action; ``False`` is the \"action tokens removed\" "
+                                 "ablation.")
+    action_bins: int = option(16, "Bins per relative-box coordinate.")
+    value_depth: int = option(1, "Transformer decoder layers of the value head.")
+    value_dim: int = option(64, "Width of the value head's decoder.")
+    ema_momentum: float | None = option(None, "Initial EMA momentum of the target network (annealed to 1 by a "
+                                        "cosine); ``None`` chooses it from the run's length "
+                                        "(``agents.gvf.auto_ema_momentum``: 0.996, or less in runs too short for "
+                                        "it).")
+    target_network: bool = option(True, "Keep an EMA target network; ``False`` is the \"no target network\" "
+                                  "ablation: the TD target and DINO's teacher come from the online network's "
+                                  "current parameters, without a gradient (momentum 0).")
+    num_prototypes: int = option(256, "Prototypes of the ``prototypes`` source.")
+    total_steps: int = option(1500, "Optimiser steps.")
+    batch_size: int = option(256, "Transitions per step (per process).")
+    lr: float = option(2e-3, "Peak AdamW learning rate (cosine schedule after a linear warm-up).")
+    weight_decay: float = option(0.05, "AdamW weight decay (not applied to biases, norms, temperatures, tokens and "
+                                 "position embeddings).")
+    warmup_steps: int | None = option(None, "Linear warm-up steps; ``None`` is 5% of ``total_steps`` (at least 1).")
+    policy: str = option("rrc", "Behaviour policy of the collecting environments: ``rrc`` (the paper's independent "
+                         "RandomResizedCrop views, every ordered pair a transition) or ``uniform`` (a random walk "
+                         "of ``max_episode_steps`` relative moves, consecutive pairs).")
+    views: int = option(4, "Views per image under ``rrc`` (``V``; ``V (V - 1)`` transitions each).")
+    crop_scale: tuple[float, ...] = option((0.05, 1.0), "RandomResizedCrop area range (fractions of the image), as "
+                                           "``low,high``; also the range of the backup's candidate next views and "
+                                           "the smallest probe crop.")
+    crop_ratio: tuple[float, ...] = option((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range, as "
+                                           "``low,high``.")
+    buffer_size: int = option(8192, "Transitions held by the replay ring buffer (per process); memory does not "
+                              "grow beyond it.")
+    replay_ratio: float = option(2.0, "Times each transition is sampled on average: after the buffer is first "
+                                 "filled, ``batch_size / replay_ratio`` fresh transitions enter it per step.")
+    num_envs: int = option(64, "Environments collecting (per process), one episode each per round.")
+    max_episode_steps: int = option(16, "Episode length of the ``uniform`` random walk.")
+    augmentations: tuple[str, ...] = option(("flip", "brightness", "contrast", "saturation", "hue"),
+                                            "Augmentations of the collected views (comma-separated on the command "
+                                            "line).")
+    max_pan: float = option(0.5, "Largest pan of one random-walk move, in view widths.")
+    data: str | None = option(None, "A directory of transition shards written by ``python -m agents.collect`` to "
+                              "stream instead of collecting.")
+    device: str = option("cpu", "``cpu``, ``cuda`` or ``cuda:N``.")
+    seed: int = option(0, "Seed of data collection, initialisation and batches.")
+    out: str = option("runs/default", "Output directory (checkpoints, probe results).")
+    resume: bool = option(False, "Continue from ``<out>/checkpoint.pt``.")
+    checkpoint_every: int = option(100, "Steps between checkpoints.")
+    probe: bool = option(True, "Run the probes (pretrained, random-init and colour-grid encoders) at the end.")
+    probe_train_images: int = option(2000, "Train-split images used to fit the probes.")
+    num_workers: int = option(0, "Processes reading transition shards (``--data``; 0: the main process).")
+    bf16: bool = option(True, "bf16 autocast of the loss on CUDA and on CPUs with native bf16 kernels (AVX512-BF16, "
+                        "AMX); float32 elsewhere. On 2 AVX512-BF16 cores it makes a step 1.4 to 1.7 times faster "
+                        "(compare the transitions/s a run prints with --no-bf16).")
+    progress: bool = option(True, "Show progress bars.")
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is invalid: expected {expected}")
+            check(ok, name, getattr(self, name), expected)
 
         if isinstance(self.augmentations, str):
             self.augmentations = tuple(a for a in self.augmentations.split(",") if a)
@@ -153,8 +127,8 @@ class PretrainConfig:
                 try:
                     value = tuple(float(v) for v in value.split(","))
                 except ValueError:
-                    raise ValueError(f"--{name.replace('_', '-')} {value!r} is invalid: expected two numbers "
-                                     "'low,high'") from None
+                    value = None
+                check(value is not None, name, getattr(self, name), "two numbers 'low,high'")
             setattr(self, name, tuple(float(v) for v in value))
         need(self.env in ENV_NAMES, "env", f"one of {ENV_NAMES}")
         need(self.annotations in SOURCES, "annotations", f"one of {SOURCES}")
@@ -167,6 +141,7 @@ class PretrainConfig:
                      "buffer_size", "num_envs", "max_episode_steps", "checkpoint_every", "num_prototypes",
                      "value_depth", "value_dim", "probe_train_images"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
+        check_env_value("obs_size", self.obs_size)
         need(self.batch_size >= 2, "batch_size", "at least 2 (the annotations are the batch)")
         need(self.buffer_size >= self.batch_size, "buffer_size", f">= batch_size ({self.batch_size})")
         need(self.replay_ratio > 0, "replay_ratio", "a number > 0 (how many times each transition is sampled)")
@@ -193,64 +168,24 @@ class PretrainConfig:
         return self.warmup_steps if self.warmup_steps is not None else max(1, round(0.05 * self.total_steps))
 
 
-def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
-    """argparse type and extra options for a dataclass field's annotation."""
-    text = str(annotation)
-    if text == "bool":
-        return None, {"action": argparse.BooleanOptionalAction}
-    if text.startswith("tuple"):
-        return str, {}
-    if "int" in text and "None" in text:
-        return lambda v: None if v.lower() == "none" else int(v), {}
-    if "float" in text and "None" in text:
-        return lambda v: None if v.lower() == "none" else float(v), {}
-    if "str" in text and "None" in text:
-        return lambda v: None if v.lower() == "none" else v, {}
-    return {"int": int, "float": float, "str": str}[text], {}
-
-
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """A parser with one flag per :class:`PretrainConfig` field, plus ``--preset``."""
-    parser = argparse.ArgumentParser(prog="python -m agents.pretrain", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+    """A parser with one flag per :class:`PretrainConfig` field (:mod:`agents.cli`), plus ``--preset``."""
+    parser = cli.build_parser(PretrainConfig, "python -m agents.pretrain", description)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS,
                         help="start from a preset (see agents/config.py); later flags override it")
-    docs = _field_docs()
-    hints = typing.get_type_hints(PretrainConfig)
-    for f in dataclasses.fields(PretrainConfig):
-        kind, extra = _flag_type(hints[f.name] if not isinstance(f.type, str) else f.type)
-        kwargs: dict[str, Any] = {"default": None, "help": docs.get(f.name, "")}
-        if kind is not None:
-            kwargs["type"] = kind
-        kwargs.update(extra)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, **kwargs)
     return parser
 
 
-def _field_docs() -> dict[str, str]:
-    docs, current = {}, None
-    for line in (PretrainConfig.__doc__ or "").splitlines():
-        stripped = line.strip()
-        head, sep, rest = stripped.partition(": ")
-        if sep and head.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 12):
-            current = head
-            docs[current] = rest
-        elif current and stripped:
-            docs[current] += " " + stripped
-    return docs
-
-
 def parse_config(argv: Sequence[str] | None = None) -> PretrainConfig:
-    """Parse command-line flags into a :class:`PretrainConfig` (preset first, then explicit flags)."""
+    """Parse command-line flags into a :class:`PretrainConfig` (preset first, then explicit flags).
+
+    Raises:
+        SystemExit: An unknown flag or a value its check refuses (status 2; the message names the flag).
+    """
     parser = build_parser(__doc__)
-    args = parser.parse_args(argv)
-    values = dict(PRESETS[args.preset].overrides) if args.preset else {}
-    values.update({k: v for k, v in vars(args).items() if k != "preset" and v is not None})
-    try:
-        return PretrainConfig(**values)
-    except ValueError as error:
-        parser.error(str(error))
-        raise  # unreachable: parser.error exits
+    values = cli.given(parser, argv)
+    preset = values.pop("preset", None)
+    return cli.make(PretrainConfig, {**(PRESETS[preset].overrides if preset else {}), **values}, parser)
 
 
 @dataclass(frozen=True)

@@ -347,6 +347,69 @@ def shard_name(number: int) -> str:
     return f"shard-{number:05d}.pt"
 
 
+def _take_over(directory: Path, overwrite: bool) -> list[str]:
+    """Prepare ``directory`` for new shards: refuse a shard directory unless ``overwrite``, else delete its index
+    (until the new index lands the directory reads as unfinished, never as mixed) and return its shard files."""
+    index_path = directory / INDEX_NAME
+    if not index_path.exists():
+        return []
+    if not overwrite:
+        raise FileExistsError(f"{index_path} exists: {directory} already holds transition shards; choose another "
+                              "directory or pass overwrite=True (--overwrite)")
+    try:
+        old_files = [entry["file"] for entry in json.loads(index_path.read_text())["shards"]]
+    except (ValueError, KeyError, TypeError):
+        old_files = []
+    index_path.unlink()
+    return old_files
+
+
+class _ShardWriter:
+    """Copies batches into one preallocated staging shard of ``rows`` transitions and saves it whenever it is full.
+
+    The staging shard is reused: fresh 100 MB allocations per shard cost more in page faults than the copies
+    themselves. It is allocated at the first batch, when the view size and the categories become known.
+    """
+
+    def __init__(self, directory: Path, shard_size: int, rows: int, metadata: dict[str, Any]) -> None:
+        self.directory, self.shard_size, self.rows, self.meta = directory, shard_size, rows, metadata
+        self.staging: Transitions = {}
+        self.filled = 0
+        self.entries: list[dict[str, Any]] = []  # the index's shard entries, in order
+
+    def add(self, batch: Mapping[str, torch.Tensor], limit: int | None) -> int:
+        """Copy the first ``limit`` transitions of ``batch`` (all when ``None``), saving shards as they fill up;
+        returns how many were taken."""
+        if not self.staging:
+            self.meta = _complete_metadata(self.meta, batch, self.directory)
+            self.staging = {key: torch.empty((self.rows, *shape), dtype=dtype) for key, (shape, dtype) in
+                            transition_fields(self.meta["obs_size"], self.meta["num_categories"]).items()}
+        n = check_transitions(batch, self.meta["obs_size"], self.meta["num_categories"])
+        take = n if limit is None else min(n, limit)
+        done = 0
+        while done < take:  # a batch may straddle shards
+            k = min(take - done, self.shard_size - self.filled)
+            for key, store in self.staging.items():
+                store[self.filled : self.filled + k].copy_(batch[key][done : done + k].detach())
+            self.filled, done = self.filled + k, done + k
+            if self.filled == self.shard_size:
+                self.flush()
+        return take
+
+    def flush(self) -> None:
+        """Save the staged transitions as the next shard (a no-op when none are staged)."""
+        count = self.filled
+        if not count:
+            return
+        # A full staging shard is saved as is; a partial one as copies, since torch.save writes a view's whole storage.
+        shard = self.staging if count == self.shard_size else {k: v[:count].clone() for k, v in self.staging.items()}
+        name = shard_name(len(self.entries))
+        payload = {"format_version": FORMAT_VERSION, "metadata": self.meta, "transitions": shard}
+        _atomic_write(self.directory / name, lambda tmp: torch.save(payload, tmp))
+        self.entries.append({"file": name, "count": count})
+        self.filled = 0
+
+
 def write_shards(
     directory: str | Path,
     transitions: Iterable[Mapping[str, torch.Tensor]],
@@ -383,71 +446,33 @@ def write_shards(
         raise ValueError(f"shard_size={shard_size!r} is invalid: expected an integer >= 1")
     if num_transitions is not None and (not isinstance(num_transitions, int) or num_transitions < 0):
         raise ValueError(f"num_transitions={num_transitions!r} is invalid: expected an integer >= 0 or None")
-    index_path = directory / INDEX_NAME
-    old_files: list[str] = []
-    if index_path.exists():
-        if not overwrite:
-            raise FileExistsError(f"{index_path} exists: {directory} already holds transition shards; choose another "
-                                  "directory or pass overwrite=True (--overwrite)")
-        try:
-            old_files = [entry["file"] for entry in json.loads(index_path.read_text())["shards"]]
-        except (ValueError, KeyError, TypeError):
-            old_files = []
-        index_path.unlink()  # until the new index lands, the directory reads as unfinished, never as mixed
+    old_files = _take_over(directory, overwrite)
     if metadata is None and isinstance(transitions, TransitionSource):
         metadata = transitions.metadata
-    meta = dict(metadata or {})
     directory.mkdir(parents=True, exist_ok=True)
-
-    entries: list[dict[str, Any]] = []
-    # One preallocated staging shard, reused: fresh 100 MB allocations per shard cost more in page faults than the
-    # copies themselves.
-    staging: Transitions = {}
-    filled = written = 0
-
-    def flush(count: int) -> None:
-        # A full staging shard is saved as is; a partial one as copies, since torch.save writes a view's whole storage.
-        shard = staging if count == shard_size else {key: value[:count].clone() for key, value in staging.items()}
-        name = shard_name(len(entries))
-        payload = {"format_version": FORMAT_VERSION, "metadata": meta, "transitions": shard}
-        _atomic_write(directory / name, lambda tmp: torch.save(payload, tmp))
-        entries.append({"file": name, "count": count})
-
+    rows = shard_size if num_transitions is None else min(shard_size, num_transitions)
+    writer = _ShardWriter(directory, shard_size, rows, dict(metadata or {}))
+    written = 0
     batches = iter(transitions)
-    bar = tqdm(total=num_transitions, unit="transition", unit_scale=True, desc="write shards", disable=not progress)
-    with bar:
+    with tqdm(total=num_transitions, unit="transition", unit_scale=True, desc="write shards",
+              disable=not progress) as bar:
         while num_transitions is None or written < num_transitions:  # never pulls a batch it would not use
             batch = next(batches, None)
             if batch is None:
                 break
-            if not staging:  # the first batch: the view size and categories are now known
-                meta = _complete_metadata(meta, batch, directory)
-                rows = shard_size if num_transitions is None else min(shard_size, num_transitions)
-                staging = {key: torch.empty((rows, *shape), dtype=dtype) for key, (shape, dtype) in
-                           transition_fields(meta["obs_size"], meta["num_categories"]).items()}
-            n = check_transitions(batch, meta["obs_size"], meta["num_categories"])
-            take = n if num_transitions is None else min(n, num_transitions - written)
-            done = 0
-            while done < take:  # a batch may straddle shards
-                k = min(take - done, shard_size - filled)
-                for key, store in staging.items():
-                    store[filled : filled + k].copy_(batch[key][done : done + k].detach())
-                filled, done = filled + k, done + k
-                if filled == shard_size:
-                    flush(shard_size)
-                    filled = 0
+            take = writer.add(batch, None if num_transitions is None else num_transitions - written)
             written += take
             bar.update(take)
     if num_transitions is not None and written < num_transitions:
         raise ValueError(f"the transitions ran out after {written} of num_transitions={num_transitions}; "
                          f"{directory} has no index and is incomplete")
-    if filled:
-        flush(filled)
+    writer.flush()
     if not written:
         raise ValueError(f"no transitions to write to {directory}: the iterable was empty or num_transitions=0")
-    index = {"format_version": FORMAT_VERSION, "num_transitions": written, "metadata": meta, "shards": entries}
-    _atomic_write(index_path, lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
-    for stale in set(old_files) - {entry["file"] for entry in entries}:
+    index = {"format_version": FORMAT_VERSION, "num_transitions": written, "metadata": writer.meta,
+             "shards": writer.entries}
+    _atomic_write(directory / INDEX_NAME, lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
+    for stale in set(old_files) - {entry["file"] for entry in writer.entries}:
         if Path(stale).name == stale:
             (directory / stale).unlink(missing_ok=True)
     return ShardDataset(directory)

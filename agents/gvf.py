@@ -34,7 +34,8 @@ An action ``a`` is the next view's box in the current view's own frame, its flip
 (:func:`agents.data.relative_aug`).
 
 Each function below computes one of these pieces; :func:`td_target` is the equation for ``y``,
-:func:`bootstrap_loss` the cross-entropy, :func:`ema_update` and :func:`ema_momentum` the target network.
+:func:`agents.sources.soft_cross_entropy` the cross-entropy (the one the base losses use too), :func:`ema_update`
+and :func:`ema_momentum` the target network.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.data import random_resized_crops, relative_aug, relative_box
-from agents.models import ActionTokenizer, EncoderOutput, ProjectionHead, ValueHead
+from agents.models import IMAGENET_MEAN, IMAGENET_STD, ActionTokenizer, EncoderOutput, ProjectionHead, ValueHead
 from agents.sources import AnnotationSource, Encoded, LabelSource, label_distribution, soft_cross_entropy
 from view_env import AUGMENTATIONS, EnvParams, augment, identity_aug
 
@@ -81,16 +82,6 @@ def td_target(p_next: torch.Tensor, q_next: torch.Tensor, gamma: float, backup: 
         else:
             boot = q_next.mean(dim=1)  # (B, L)
         return (1.0 - gamma) * p_next + gamma * boot
-
-
-def bootstrap_loss(q_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy ``-sum_l y(l) log Q(l | x, a)``, averaged over the batch (:func:`soft_cross_entropy`).
-
-    Args:
-        q_logits: ``float32 [B, L]`` logits of ``Q(. | x, a)`` for the logged actions.
-        target: ``float32 [B, L]`` the TD target ``y``.
-    """
-    return soft_cross_entropy(q_logits, target)
 
 
 @torch.no_grad()
@@ -187,7 +178,8 @@ class GVFNetwork(nn.Module):
     """Encoder, view projection ``phi``, value head ``phi_AB`` and the annotation source (``psi``, ``psi_AB``).
 
     Views enter as ``uint8 [B, 3, S, S]`` and are scaled to ``[0, 1]`` and normalised with ImageNet statistics
-    inside :meth:`encode`. ``value_dim`` is the value head's width (default ``min(encoder.dim, 192)``).
+    (:data:`agents.models.IMAGENET_MEAN`, :data:`agents.models.IMAGENET_STD`) inside :meth:`encode`.
+    ``value_dim`` is the value head's width (default ``min(encoder.dim, 192)``).
     """
 
     def __init__(self, encoder: nn.Module, source: AnnotationSource, embed_dim: int, action_bins: int = 16,
@@ -202,8 +194,9 @@ class GVFNetwork(nn.Module):
                                     actionless=not action_tokens,
                                     memory_positions=grid * grid == encoder.num_tokens)
         self.source = source
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
+        # In uint8 units, so that encode normalises with one subtraction and one division.
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
 
     def encode(self, views: torch.Tensor) -> EncoderOutput:
         """``uint8 [B, 3, S, S]`` -> tokens ``[B, T, D]`` and pooled ``[B, D]``."""
@@ -289,7 +282,7 @@ def gvf_loss(online: GVFNetwork, target: GVFNetwork, batch: dict[str, torch.Tens
                                dim=-1)  # (B, K, L)
         y = td_target(p_next, q_next, gamma, backup)
         entropy = -(y * y.clamp_min(1e-12).log()).sum(-1).mean()
-    boot = bootstrap_loss(q_logits, y)
+    boot = soft_cross_entropy(q_logits, y)  # CE(y, Q(. | x, a)), averaged over the batch
     loss = base + bootstrap_weight * boot
     metrics.update(bootstrap=float(boot.detach()), loss=float(loss.detach()), target_entropy=float(entropy),
                    uniform=math.log(y.shape[-1]))

@@ -37,6 +37,8 @@ from view_env import AUG_RANGES, AUGMENTATIONS, BOOLEAN_AUGS
 
 __all__ = [
     "ENCODERS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "ActionTokenizer",
     "CaptionTokenizer",
     "ConvEncoder",
@@ -50,6 +52,11 @@ __all__ = [
     "build_encoder",
     "fit_patch_size",
 ]
+
+#: ImageNet channel statistics: every encoder takes views scaled to ``[0, 1]`` and then normalised per channel as
+#: ``(x - mean) / std`` with them (:class:`agents.gvf.GVFNetwork` and :func:`agents.probe.normalise_views` do it).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: Names accepted by :func:`build_encoder`.
 ENCODERS: tuple[str, ...] = ("cnn", "vit_tiny", "vit_small", "resnet18")

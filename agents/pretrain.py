@@ -26,7 +26,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,44 +42,16 @@ from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, 
 from agents.collect import TransitionCollector, rrc_env_kwargs
 from agents.config import PretrainConfig, parse_config
 from agents.data import ReplayBuffer, ReplayFeeder, ShardDataset, Transitions
-from agents.models import CaptionTokenizer, build_encoder
-from agents.sources import CaptionSource, LabelSource, PrototypeSource, ViewSource
-from view_env import EnvParams
-from view_env.data import ImageDataset, load_dataset
+from agents.models import CaptionTokenizer
+from agents.network import MODEL_FIELDS, build_network
+from agents.probe import LABELLED_DATASETS, ProbeData, format_probe_table, probe_data, probe_encoders
+from view_env import EnvParams, default_canvas_size
+from view_env.data import ImageBank, ImageDataset, load_dataset
 from view_env.vector import ViewTransformVectorEnv
 
-#: Fields that define the network: a checkpoint resumes only under the same values.
-MODEL_FIELDS = ("annotations", "encoder", "encoder_depth", "encoder_dim", "patch_size", "pool", "obs_size", "embed_dim",
-                "action_tokens", "action_bins", "value_depth", "value_dim", "num_prototypes")
 #: Fields that define the data stream: a resumed run replays its buffer only under the same values.
 STREAM_FIELDS = ("env", "root", "split", "data", "policy", "views", "crop_scale", "crop_ratio", "num_envs",
                  "max_episode_steps", "augmentations", "max_pan", "buffer_size", "seed")
-
-
-def build_network(config: PretrainConfig, num_categories: int, tokenizer: CaptionTokenizer | None = None
-                  ) -> gvf.GVFNetwork:
-    """The online network described by ``config`` (parameters drawn from the current torch seed)."""
-    overrides: dict[str, Any] = {}
-    if config.encoder.startswith("vit"):
-        overrides = {k: v for k, v in {"depth": config.encoder_depth, "dim": config.encoder_dim}.items()
-                     if v is not None}
-        overrides["pool"] = config.pool
-        if "dim" in overrides:
-            overrides["heads"] = max(1, overrides["dim"] // 64)
-    encoder = build_encoder(config.encoder, config.obs_size, config.patch_size, **overrides)
-    d = config.embed_dim
-    if config.annotations == "views":
-        source: nn.Module = ViewSource(encoder.dim, d)
-    elif config.annotations == "prototypes":
-        source = PrototypeSource(encoder.dim, d, num_prototypes=config.num_prototypes)
-    elif config.annotations == "captions":
-        if tokenizer is None:
-            raise ValueError("annotations='captions' needs a caption tokenizer built from the dataset's captions")
-        source = CaptionSource(tokenizer, d)
-    else:
-        source = LabelSource(num_categories, d)
-    return gvf.GVFNetwork(encoder, source, d, action_bins=config.action_bins, value_depth=config.value_depth,
-                          action_tokens=config.action_tokens, value_dim=config.value_dim)
 
 
 def learning_rate(config: PretrainConfig, step: int) -> float:
@@ -238,6 +211,129 @@ def _fill(feeder: ReplayFeeder, resumed_delivered: int | None, progress: bool) -
             bar.update(feeder.take(min(chunk, capacity - feeder.delivered)))
 
 
+def _resume_from(config: PretrainConfig, checkpoint_path: Path, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint ``--resume`` continues (``None`` without it), after checking that it is of this model and
+    this data stream.
+
+    Raises:
+        CheckpointError: The checkpoint is missing or unreadable, or its model or data-stream fields differ.
+    """
+    if not config.resume:
+        return None
+    resumed = load_checkpoint(checkpoint_path, map_location=device)
+    saved = resumed["config"]
+    for fields, what in ((MODEL_FIELDS, "model"), (STREAM_FIELDS, "data stream")):
+        changed = [f for f in fields if getattr(saved, f) != getattr(config, f)]
+        if changed:
+            raise CheckpointError(f"{checkpoint_path} was written by another {what}: {changed} differ "
+                                  f"({[getattr(saved, f) for f in changed]} there, "
+                                  f"{[getattr(config, f) for f in changed]} now)")
+    return resumed
+
+
+def _caption_tokenizer(config: PretrainConfig, dataset: ImageDataset, resumed: dict[str, Any] | None
+                       ) -> CaptionTokenizer | None:
+    """The captions source's vocabulary: the checkpoint's when resuming, else built from the dataset's captions."""
+    if config.annotations != "captions":
+        return None
+    if resumed is not None and "tokenizer" in resumed["extra"]:
+        return CaptionTokenizer.from_state_dict(resumed["extra"]["tokenizer"])
+    return CaptionTokenizer.build(c for r in dataset.records for c in r.captions)
+
+
+def _networks(config: PretrainConfig, num_categories: int, tokenizer: CaptionTokenizer | None,
+              device: torch.device, resumed: dict[str, Any] | None
+              ) -> tuple[gvf.GVFNetwork, gvf.GVFNetwork, torch.optim.Optimizer, int]:
+    """The online network, its target copy, the optimiser and the first step: fresh (torch seed ``seed``, the
+    same initial parameters on every rank) or as the checkpoint left them."""
+    torch.manual_seed(config.seed)
+    online = build_network(config, num_categories, tokenizer).to(device)
+    target = copy.deepcopy(online).requires_grad_(False)
+    optimizer = torch.optim.AdamW(parameter_groups(online, config.weight_decay), lr=config.lr)
+    if resumed is None:
+        return online, target, optimizer, 0
+    online.load_state_dict(resumed["model"])
+    target.load_state_dict(resumed["target"])
+    optimizer.load_state_dict(resumed["optimizer"])
+    return online, target, optimizer, resumed["step"]
+
+
+@dataclass
+class _Learner:
+    """What one optimiser step needs: the networks, the optimiser, the loss (DDP-wrapped across processes) and the
+    autocast context."""
+
+    config: PretrainConfig
+    online: gvf.GVFNetwork
+    target: gvf.GVFNetwork
+    optimizer: torch.optim.Optimizer
+    objective: nn.Module
+    autocast: AbstractContextManager
+    base_momentum: float
+
+    def step(self, step: int, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
+        """One update at ``step``: learning rate, loss, AdamW step, EMA of the target; returns the step's metrics."""
+        config = self.config
+        lr = learning_rate(config, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast:
+            loss, metrics = self.objective(self.target, batch, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        momentum = gvf.ema_momentum(step, config.total_steps, base=self.base_momentum) if config.target_network else 0.0
+        gvf.ema_update(self.target, self.online, momentum)
+        metrics.update(lr=lr, momentum=momentum)
+        return metrics
+
+
+def _learner(config: PretrainConfig, online: gvf.GVFNetwork, target: gvf.GVFNetwork,
+             optimizer: torch.optim.Optimizer, device: torch.device, world: int) -> _Learner:
+    """The run's :class:`_Learner`: the loss in one module (wrapped in DistributedDataParallel under torchrun),
+    bf16 autocast where :func:`use_bf16` allows it, and the EMA schedule's initial momentum."""
+    objective: nn.Module = _Objective(online, config)
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.bootstrap_weight == 0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(config, device) else nullcontext()
+    return _Learner(config, online, target, optimizer, objective, autocast, ema_base_momentum(config))
+
+
+def _sample(config: PretrainConfig, rank: int, step: int, buffer: ReplayBuffer, dataset: ImageDataset,
+            tokenizer: CaptionTokenizer | None, device: torch.device
+            ) -> tuple[dict[str, torch.Tensor], torch.Generator]:
+    """The batch of ``step`` and the generator the loss draws from, both seeded by ``(seed, rank, step)``."""
+    step_seed = config.seed * 1_000_003 + rank * 7919 + step
+    generator = torch.Generator(device=device).manual_seed(step_seed)
+    host_generator = torch.Generator().manual_seed(step_seed)
+    batch = buffer.sample(config.batch_size, generator)
+    if tokenizer is not None:
+        batch["captions"] = _captions(dataset, batch["image_index"].cpu(), tokenizer, host_generator).to(device)
+    return batch, generator
+
+
+def _print_run(summary: dict[str, Any], start: int, world: int, batch_size: int) -> None:
+    """One line: steps, speed, the time spent collecting, the last 10% of the loss terms, the target's drift."""
+    history, end, elapsed = summary["metrics"], summary["step"], summary["train_seconds"]
+    tail = history[-max(1, len(history) // 10):]
+    parts = [f"{key} {sum(m[key] for m in tail) / len(tail):.3f}"
+             for key in ("base", "bootstrap", "target_entropy", "uniform") if key in tail[0]]
+    rate = (end - start) * batch_size * world / elapsed
+    print(f"trained steps {start}-{end} in {elapsed:.0f} s ({rate:,.0f} transitions/s); collecting took "
+          f"{summary['collect_fraction']:.1%} of it; last 10%: {', '.join(parts)}; target drift "
+          f"{summary['target_drift']:.3f} (EMA from {summary['ema_base_momentum']:.4f})")
+
+
+def _rank_checksums(online: nn.Module, world: int) -> list[float]:
+    """Every rank's parameter sum (every rank must hold the same parameters after each step)."""
+    checksum = torch.stack([p.detach().double().sum() for p in online.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(world)]
+    dist.all_gather(gathered, checksum)
+    return [float(c) for c in gathered]
+
+
 def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) pretraining; returns a summary (final step, losses, timings, probe results).
 
@@ -250,53 +346,17 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
     device = _device(config, rank)
     out = Path(config.out)
     checkpoint_path = out / "checkpoint.pt"
-    resumed = None
-    if config.resume:
-        resumed = load_checkpoint(checkpoint_path, map_location=device)
-        saved = resumed["config"]
-        for fields, what in ((MODEL_FIELDS, "model"), (STREAM_FIELDS, "data stream")):
-            changed = [f for f in fields if getattr(saved, f) != getattr(config, f)]
-            if changed:
-                raise CheckpointError(f"{checkpoint_path} was written by another {what}: {changed} differ "
-                                      f"({[getattr(saved, f) for f in changed]} there, "
-                                      f"{[getattr(config, f) for f in changed]} now)")
-
+    resumed = _resume_from(config, checkpoint_path, device)
     stream, dataset, num_categories, close_stream = open_stream(config, rank, world, device)
     buffer = ReplayBuffer(config.buffer_size, config.obs_size, num_categories, device)
     feeder = ReplayFeeder(buffer, stream, config.batch_size, config.replay_ratio)
-    tokenizer = None
-    if config.annotations == "captions":
-        if resumed is not None and "tokenizer" in resumed["extra"]:
-            tokenizer = CaptionTokenizer.from_state_dict(resumed["extra"]["tokenizer"])
-        else:
-            tokenizer = CaptionTokenizer.build(c for r in dataset.records for c in r.captions)
-    torch.manual_seed(config.seed)  # the same initial parameters on every rank
-    online = build_network(config, num_categories, tokenizer).to(device)
-    target = copy.deepcopy(online).requires_grad_(False)
-    optimizer = torch.optim.AdamW(parameter_groups(online, config.weight_decay), lr=config.lr)
-    start = 0
-    if resumed is not None:
-        online.load_state_dict(resumed["model"])
-        target.load_state_dict(resumed["target"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        start = resumed["step"]
+    tokenizer = _caption_tokenizer(config, dataset, resumed)
+    online, target, optimizer, start = _networks(config, num_categories, tokenizer, device, resumed)
     _fill(feeder, resumed["extra"]["delivered"] if resumed is not None else None, config.progress and rank == 0)
-    objective: nn.Module = _Objective(online, config)
-    if world > 1:
-        objective = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=config.bootstrap_weight == 0)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(config, device) else nullcontext()
+    learner = _learner(config, online, target, optimizer, device, world)
     extra: dict[str, Any] = {"num_categories": num_categories}
     if tokenizer is not None:
         extra["tokenizer"] = tokenizer.state_dict()
-    base_momentum = ema_base_momentum(config)
-
-    def save(step: int) -> None:
-        if rank == 0:
-            save_checkpoint(checkpoint_path, config=config, step=step, model=online.state_dict(),
-                            target=target.state_dict(), optimizer=optimizer.state_dict(),
-                            extra={**extra, "delivered": feeder.delivered})
 
     end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=config.total_steps, desc="pretrain", unit="step",
@@ -306,55 +366,32 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
     began = time.perf_counter()
     for step in bar:
         feeder.advance(step)
-        generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + rank * 7919 + step)
-        host_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + rank * 7919 + step)
-        batch = buffer.sample(config.batch_size, generator)
-        if tokenizer is not None:
-            batch["captions"] = _captions(dataset, batch["image_index"].cpu(), tokenizer, host_generator).to(device)
-        lr = learning_rate(config, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast:
-            loss, metrics = objective(target, batch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        momentum = gvf.ema_momentum(step, config.total_steps, base=base_momentum) if config.target_network else 0.0
-        gvf.ema_update(target, online, momentum)
-        metrics.update(lr=lr, momentum=momentum)
+        metrics = learner.step(step, *_sample(config, rank, step, buffer, dataset, tokenizer, device))
         history.append(metrics)
         elapsed = time.perf_counter() - began
         collecting = (feeder.seconds - collect_seconds) / max(elapsed, 1e-9)
         views_per_second = (step + 1 - start) * config.batch_size * world / max(elapsed, 1e-9)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", views_s=f"{views_per_second:.0f}",
                         collect=f"{collecting:.0%}", refresh=False)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.total_steps:
-            save(step + 1)
+        if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.total_steps):
+            save_checkpoint(checkpoint_path, config=config, step=step + 1, model=online.state_dict(),
+                            target=target.state_dict(), optimizer=optimizer.state_dict(),
+                            extra={**extra, "delivered": feeder.delivered})
     bar.close()
     close_stream()
     elapsed = time.perf_counter() - began
-    collect_fraction = (feeder.seconds - collect_seconds) / elapsed if end > start else 0.0
     summary: dict[str, Any] = {
         "step": end, "first_loss": history[0]["loss"] if history else None,
         "last_loss": history[-1]["loss"] if history else None, "losses": [m["loss"] for m in history],
-        "metrics": history, "train_seconds": elapsed, "collect_fraction": collect_fraction,
-        "delivered": feeder.delivered, "ema_base_momentum": base_momentum,
+        "metrics": history, "train_seconds": elapsed,
+        "collect_fraction": (feeder.seconds - collect_seconds) / elapsed if end > start else 0.0,
+        "delivered": feeder.delivered, "ema_base_momentum": learner.base_momentum,
         "target_drift": gvf.target_drift(target, online), "config": config_to_dict(config),
     }
     if rank == 0 and end > start:
-        tail = history[-max(1, len(history) // 10):]
-        parts = [f"{key} {sum(m[key] for m in tail) / len(tail):.3f}"
-                 for key in ("base", "bootstrap", "target_entropy", "uniform") if key in tail[0]]
-        rate = (end - start) * config.batch_size * world / elapsed
-        print(f"trained steps {start}-{end} in {elapsed:.0f} s ({rate:,.0f} transitions/s); collecting took "
-              f"{collect_fraction:.1%} of it; last 10%: {', '.join(parts)}; target drift "
-              f"{summary['target_drift']:.3f} (EMA from {base_momentum:.4f})")
+        _print_run(summary, start, world, config.batch_size)
     if world > 1:
-        # Every rank must hold the same parameters after each step; check it once at the end.
-        checksum = torch.stack([p.detach().double().sum() for p in online.parameters()]).sum().reshape(1)
-        gathered = [torch.zeros_like(checksum) for _ in range(world)]
-        dist.all_gather(gathered, checksum)
-        summary["rank_checksums"] = [float(c) for c in gathered]
+        summary["rank_checksums"] = _rank_checksums(online, world)
     if end == config.total_steps and config.probe and rank == 0:
         summary["probes"] = probe_against_random_init(config, online, num_categories, tokenizer, device)
     if rank == 0:
@@ -365,30 +402,46 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
     return summary
 
 
+def random_init_network(config: PretrainConfig, num_categories: int, tokenizer: CaptionTokenizer | None = None
+                        ) -> gvf.GVFNetwork:
+    """The network the "random init" probe row measures: :func:`agents.network.build_network` from torch seed
+    ``seed + 1`` (the pretrained network starts from seed ``seed``)."""
+    torch.manual_seed(config.seed + 1)
+    return build_network(config, num_categories, tokenizer)
+
+
+def probe_set(config: PretrainConfig, val_images: int | None = None) -> ProbeData:
+    """The probes' images for a run: ``probe_train_images`` train images drawn with ``seed`` and the whole val
+    split (or ``val_images`` of it, drawn with ``seed + 7``), on the canvas the environment fits to ``obs_size``;
+    object crops of at least ``crop_scale[0]`` of the image, the smallest view the encoder was trained on.
+
+    Raises:
+        ValueError: ``env`` has no split with object annotations (only ``shapes`` and ``coco`` have).
+    """
+    if config.env not in LABELLED_DATASETS:
+        raise ValueError(f"probes need a split with object annotations ({' or '.join(LABELLED_DATASETS)}); "
+                         f"--env {config.env} has none")
+    train_set, val_set = _dataset(config, "train"), _dataset(config, "val")
+    train_indices = np.sort(np.random.default_rng(config.seed).permutation(len(train_set))[: config.probe_train_images])
+    val_indices = np.arange(len(val_set))
+    if val_images is not None and val_images < len(val_set):
+        val_indices = np.sort(np.random.default_rng(config.seed + 7).permutation(len(val_set))[:val_images])
+    canvas = default_canvas_size(config.obs_size)
+    bank_train = ImageBank.from_dataset(train_set, canvas_size=canvas, indices=train_indices.tolist(), progress=False)
+    bank_val = ImageBank.from_dataset(val_set, canvas_size=canvas, indices=val_indices.tolist(), progress=False)
+    return probe_data(bank_train, bank_val, config.obs_size, seed=config.seed, min_crop_area=config.crop_scale[0])
+
+
 def probe_against_random_init(config: PretrainConfig, online: gvf.GVFNetwork, num_categories: int,
                               tokenizer: CaptionTokenizer | None, device: torch.device) -> dict[str, dict[str, float]]:
-    """Run every probe on the pretrained encoder, on a freshly initialised one and on the colour-grid floor; print
-    the table and write it as JSON to ``<out>/probe.json``.
-
-    The probes fit on ``probe_train_images`` train images and score on the val split; object crops are at least
-    ``crop_scale[0]`` of the image, the smallest view the encoder was trained on.
-    """
-    from agents.probe import format_probe_table, probe_data, probe_encoders
-    from view_env.data import ImageBank, default_canvas_size
-
-    if config.env not in ("shapes", "coco"):
+    """Run every probe (on :func:`probe_set`) on the pretrained encoder, on a freshly initialised one
+    (:func:`random_init_network`) and on the colour-grid floor; print the table and write it as JSON to
+    ``<out>/probe.json``. Returns the table (empty, after a message, for data without object annotations)."""
+    if config.env not in LABELLED_DATASETS:
         print(f"probes need a split with object annotations (shapes or coco); skipped for --env {config.env}")
         return {}
-    train_set, val_set = _dataset(config, "train"), _dataset(config, "val")
-    rng = np.random.default_rng(config.seed)
-    train_indices = np.sort(rng.permutation(len(train_set))[: config.probe_train_images])
-    canvas = default_canvas_size(config.obs_size)
-    bank_train = ImageBank.from_dataset(train_set, canvas_size=canvas, indices=train_indices.tolist(),
-                                        progress=False)
-    bank_val = ImageBank.from_dataset(val_set, canvas_size=canvas, progress=False)
-    data = probe_data(bank_train, bank_val, config.obs_size, seed=config.seed, min_crop_area=config.crop_scale[0])
-    torch.manual_seed(config.seed + 1)
-    random_net = build_network(config, num_categories, tokenizer).to(device)
+    data = probe_set(config)
+    random_net = random_init_network(config, num_categories, tokenizer).to(device)
     began = time.perf_counter()
     results = probe_encoders({"pretrained": online.encoder, "random init": random_net.encoder}, data, device=device,
                              progress=config.progress, seed=config.seed)

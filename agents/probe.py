@@ -58,19 +58,20 @@ each side, enlarged where needed to ``min_area`` of the image's area (by default
 crop always contains its box. Without that floor 40 to 60% of Shapes' object crops (by generator version) were
 smaller than any view the encoder was trained on.
 
-Command line (the checkpoint is read by ``agents.checkpoint.load_encoder``)::
+Command line (the checkpoint is read by ``agents.checkpoint.load_encoder``; the flags are the fields of
+:class:`ProbeConfig`)::
 
     python -m agents.probe --checkpoint runs/shapes/checkpoint.pt --out probes.json --max-images 2000
 
 It prints a table of scores (the checkpoint's and the colour-grid floor's) and writes them, with what was
-measured, as JSON to ``--out``.
+measured, as JSON to ``--out``; :func:`probe_checkpoint` returns that record to a caller.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,20 +83,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from view_env.core import EnvParams
-from view_env.data import ImageBank, load_dataset
-from view_env.render import render_views
+from agents import cli
+from agents.checkpoint import CheckpointError, load_encoder
+from agents.cli import check, option
+from agents.models import IMAGENET_MEAN, IMAGENET_STD
+from view_env import EnvParams, default_canvas_size, render_views
+from view_env.data import DatasetNotFoundError, ImageBank, load_dataset
 
 __all__ = [
     "ATTENTIVE_EPOCHS",
     "COLOUR_GRID",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "MIN_CROP_AREA",
     "AttentiveProbe",
     "ColourGridEncoder",
     "EncodedViews",
     "Encoder",
+    "ProbeConfig",
     "ProbeData",
     "ProbeSplit",
     "TokenOutput",
@@ -114,14 +117,12 @@ __all__ = [
     "mean_average_precision",
     "normalise_views",
     "presence_probe",
+    "probe_checkpoint",
     "probe_data",
     "probe_encoders",
     "run_probes",
 ]
 
-#: ImageNet channel statistics used to normalise views in ``[0, 1]`` before they enter the encoder.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Each object crop is the object's box grown by this fraction of its longer side on every side.
 CROP_MARGIN = 0.1
 #: Smallest object crop, as a fraction of the image's area: the environment's default ``min_scale``, the smallest
@@ -131,6 +132,8 @@ MIN_CROP_AREA: float = EnvParams.min_scale
 ATTENTIVE_EPOCHS = 20
 #: Row name of the colour-grid floor in :func:`probe_encoders`.
 COLOUR_GRID = "colour grid"
+#: Datasets with the object labels the probes need.
+LABELLED_DATASETS = ("shapes", "coco")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -349,11 +352,17 @@ class EncodedViews(NamedTuple):
     pooled: Tensor
 
 
+def _imagenet_statistics(device: torch.device) -> tuple[Tensor, Tensor]:
+    """``float32 [1, 3, 1, 1]`` mean and std (:data:`agents.models.IMAGENET_MEAN`, ``IMAGENET_STD``) on ``device``."""
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+
+
 def normalise_views(views: Tensor) -> Tensor:
     """``uint8 [N, 3, S, S]`` views -> ``float32 [N, 3, S, S]``: scaled to ``[0, 1]``, then ``(x - mean) / std``
-    per channel with :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD` (the input convention of every encoder)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=views.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=views.device).view(1, 3, 1, 1)
+    per channel with :data:`agents.models.IMAGENET_MEAN` and ``IMAGENET_STD`` (the input convention of every
+    encoder)."""
+    mean, std = _imagenet_statistics(views.device)
     return (views.to(torch.float32) / 255.0 - mean) / std
 
 
@@ -506,8 +515,7 @@ class ColourGridEncoder(nn.Module):
                 f"views of shape {tuple(views.shape)} do not fit grid={self.grid}: expected [B, 3, S, S] with S "
                 f"divisible by {self.grid}"
             )
-        mean = torch.tensor(IMAGENET_MEAN, device=views.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=views.device).view(1, 3, 1, 1)
+        mean, std = _imagenet_statistics(views.device)
         cells = F.adaptive_avg_pool2d(views * std + mean, self.grid)  # (B, 3, grid, grid) in [0, 1]
         return EncodedViews(tokens=cells.flatten(2).transpose(1, 2), pooled=cells.flatten(1))
 
@@ -1228,22 +1236,35 @@ def probe_encoders(
     return {name: run_probes(encoder, data, device, epochs, progress, **settings) for name, encoder in rows.items()}
 
 
-def format_probe_table(rows: Mapping[str, Mapping[str, float]], digits: int = 4) -> str:
+#: A cell of a probe table: a score, or the ``(mean, std)`` of a score over runs.
+Score = float | tuple[float, float]
+
+
+def format_probe_table(rows: Mapping[str, Mapping[str, Score]], digits: int = 4, *, markdown: bool = False) -> str:
     """Several encoders' scores side by side: one line per encoder (row name first), one column per score key (in
-    the order they first appear); a score a row lacks shows as ``-``.
+    the order they first appear); a score a row lacks shows as ``-``, a ``(mean, std)`` pair as ``mean ± std``.
 
     Args:
         rows: Row name (e.g. ``"pretrained"``, ``"random init"``, ``"colour grid"``) -> score key -> value.
         digits: Decimals of each value.
+        markdown: A Markdown table (``| encoder | key | ... |``) instead of aligned plain-text columns.
 
     Raises:
         ValueError: ``rows`` is empty.
     """
     if not rows:
         raise ValueError("rows is empty: pass {encoder name: {score key: value}}")
+
+    def cell(value: Score) -> str:
+        if isinstance(value, tuple):
+            return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+        return f"{value:.{digits}f}"
+
     keys = list(dict.fromkeys(key for scores in rows.values() for key in scores))
-    cells = {name: [f"{scores[key]:.{digits}f}" if key in scores else "-" for key in keys]
-             for name, scores in rows.items()}
+    cells = {name: [cell(scores[key]) if key in scores else "-" for key in keys] for name, scores in rows.items()}
+    if markdown:
+        lines = ["| encoder | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        return "\n".join(lines + [f"| {name} | " + " | ".join(values) + " |" for name, values in cells.items()])
     first = max(len("encoder"), *(len(name) for name in rows))
     widths = [max(len(key), *(len(values[i]) for values in cells.values())) for i, key in enumerate(keys)]
     lines = [f"{'encoder':<{first}}" + "".join(f"  {key:>{w}}" for key, w in zip(keys, widths, strict=True)),
@@ -1258,80 +1279,108 @@ def _config_value(config: Any, name: str) -> Any:
     return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """``python -m agents.probe``: probe a checkpoint's encoder (and the colour-grid floor, unless ``--no-floor``);
-    print a table and write JSON. Returns the checkpoint's scores."""
-    parser = argparse.ArgumentParser(prog="python -m agents.probe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="checkpoint written by agents.pretrain")
-    parser.add_argument("--out", help="write the scores as JSON to this file")
-    parser.add_argument("--device", default="cpu", help="where the encoder and the probes run (default: cpu)")
-    parser.add_argument("--max-images", type=int, help="at most this many images of each split (default: all)")
-    parser.add_argument(
-        "--dataset", choices=("shapes", "coco"), help="labelled dataset (default: the checkpoint's env, else shapes)"
-    )
-    parser.add_argument("--root", help="the dataset's root (default: the checkpoint's, else the dataset's default)")
-    parser.add_argument("--view-size", type=int, help="view side in pixels (default: the checkpoint's obs_size)")
-    parser.add_argument("--canvas-size", type=int, default=128, help="image bank canvas side (default: 128)")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs of each linear probe (default: 100)")
-    parser.add_argument("--attentive-epochs", type=int, default=ATTENTIVE_EPOCHS,
-                        help=f"epochs of each attentive probe (default: {ATTENTIVE_EPOCHS})")
-    parser.add_argument("--min-crop-area", type=float, default=MIN_CROP_AREA,
-                        help=f"smallest object crop, a fraction of the image's area (default: {MIN_CROP_AREA})")
-    parser.add_argument("--no-floor", action="store_true", help="leave out the colour-grid floor row")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the image subset and the probes")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    args = parser.parse_args(argv)
-    checkpoint = Path(args.checkpoint).expanduser()
-    if not checkpoint.exists():
-        parser.error(
-            f"checkpoint {str(checkpoint)!r} does not exist; pass the path of a checkpoint written by agents.pretrain"
-        )
-    if args.max_images is not None and args.max_images < 1:
-        parser.error(f"--max-images must be >= 1, got {args.max_images}")
-    if not 0 <= args.min_crop_area <= 1:
-        parser.error(f"--min-crop-area must be a fraction of the image's area in [0, 1], got {args.min_crop_area}")
+@dataclass
+class ProbeConfig:
+    """Arguments of ``python -m agents.probe``; each field's help is its flag's help (:mod:`agents.cli`)."""
 
-    from agents.checkpoint import load_encoder  # the checkpoint format lives with the pretrainer
+    checkpoint: Path = option(help="checkpoint written by agents.pretrain (its --out DIR/checkpoint.pt)")
+    out: Path | None = option(None, "write the scores, with what was measured, as JSON to this file")
+    device: str = option("cpu", "where the encoder and the probes run")
+    max_images: int | None = option(None, "at most this many images of each split (default: all)")
+    dataset: str | None = option(None, "labelled dataset (default: the checkpoint's env, else shapes)",
+                                 choices=LABELLED_DATASETS)
+    root: str | None = option(None, "the dataset's root (default: the checkpoint's, else the dataset's default)")
+    view_size: int | None = option(None, "view side in pixels (default: the checkpoint's obs_size)")
+    canvas_size: int | None = option(None, "image bank canvas side (default: view_env.default_canvas_size of the "
+                                     "view size, as the environment fits it)")
+    epochs: int = option(100, "epochs of each linear probe")
+    attentive_epochs: int = option(ATTENTIVE_EPOCHS, "epochs of each attentive probe")
+    min_crop_area: float = option(MIN_CROP_AREA, "smallest object crop, a fraction of the image's area")
+    floor: bool = option(True, "add the colour-grid floor row (--no-floor leaves it out)")
+    seed: int = option(0, "seed of the image subset and the probes")
+    progress: bool = option(True, "show progress bars")
 
-    encoder, config = load_encoder(checkpoint, args.device)
-    # What the checkpoint was trained on is the default: its view size, dataset and root.
-    trained_on = _config_value(config, "env")
-    dataset_name = args.dataset or trained_on or "shapes"
-    if dataset_name not in ("shapes", "coco"):
-        parser.error(f"the checkpoint was trained on {dataset_name!r}, which has no labels; pass --dataset shapes|coco")
-    root = args.root or (_config_value(config, "root") if dataset_name == trained_on else None)
-    view_size = args.view_size if args.view_size is not None else int(_config_value(config, "obs_size") or 64)
-    progress = not args.no_progress
+    def __post_init__(self) -> None:
+        self.checkpoint = Path(self.checkpoint).expanduser()
+        check(self.checkpoint.is_file(), "checkpoint", self.checkpoint,
+              "the path of a checkpoint written by agents.pretrain (it does not exist)")
+        for name in ("max_images", "view_size", "canvas_size"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, name, value, "an integer >= 1 (or none for the default)")
+        for name in ("epochs", "attentive_epochs"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        check(0 <= self.min_crop_area <= 1, "min_crop_area", self.min_crop_area,
+              "a fraction of the image's area in [0, 1]")
+
+
+def probe_checkpoint(config: ProbeConfig) -> dict[str, Any]:
+    """Probe a checkpoint's frozen encoder, and the colour-grid floor unless ``config.floor`` is off.
+
+    What the checkpoint was trained on is the default: its view size, dataset and root.
+
+    Returns:
+        The record ``python -m agents.probe`` writes as JSON: ``checkpoint``, ``dataset``, ``root``, ``view_size``,
+        ``canvas_size``, ``min_crop_area``, ``images`` and ``objects`` (per split), ``epochs``,
+        ``attentive_epochs``, ``seed``, ``scores`` (the checkpoint's, as :func:`run_probes`) and ``floor`` (the
+        colour grid's, or ``None``).
+
+    Raises:
+        CheckpointError: The checkpoint is unreadable or not one of agents.pretrain.
+        ValueError: The checkpoint was trained on a dataset without labels and no ``dataset`` is given.
+    """
+    encoder, trained = load_encoder(config.checkpoint, config.device)
+    trained_on = _config_value(trained, "env")
+    dataset_name = config.dataset or trained_on or "shapes"
+    if dataset_name not in LABELLED_DATASETS:
+        raise ValueError(f"the checkpoint was trained on {dataset_name!r}, which has no labels; pass --dataset "
+                         f"{'|'.join(LABELLED_DATASETS)}")
+    root = config.root or (_config_value(trained, "root") if dataset_name == trained_on else None)
+    view_size = config.view_size if config.view_size is not None else int(_config_value(trained, "obs_size") or 64)
+    canvas_size = config.canvas_size if config.canvas_size is not None else default_canvas_size(view_size)
     banks = []
     for split in ("train", "val"):
         dataset = load_dataset(dataset_name, root=root, split=split)
-        rows = _subset(len(dataset), args.max_images, args.seed).tolist()
-        banks.append(ImageBank.from_dataset(dataset, canvas_size=args.canvas_size, indices=rows, progress=progress))
-    data = probe_data(*banks, view_size=view_size, min_crop_area=args.min_crop_area)
-    table = probe_encoders({"checkpoint": encoder}, data, device=args.device, epochs=args.epochs, progress=progress,
-                           colour_grid=not args.no_floor, seed=args.seed, attentive_epochs=args.attentive_epochs)
-    print(format_probe_table(table))
-    scores = table["checkpoint"]
-    if args.out:
-        out = Path(args.out).expanduser()
+        rows = _subset(len(dataset), config.max_images, config.seed).tolist()
+        banks.append(ImageBank.from_dataset(dataset, canvas_size=canvas_size, indices=rows, progress=config.progress))
+    data = probe_data(*banks, view_size=view_size, min_crop_area=config.min_crop_area)
+    table = probe_encoders({"checkpoint": encoder}, data, device=config.device, epochs=config.epochs,
+                           progress=config.progress, colour_grid=config.floor, seed=config.seed,
+                           attentive_epochs=config.attentive_epochs)
+    return {
+        "checkpoint": str(config.checkpoint),
+        "dataset": dataset_name,
+        "root": root,
+        "view_size": view_size,
+        "canvas_size": canvas_size,
+        "min_crop_area": data.min_crop_area,
+        "images": {"train": len(data.train), "val": len(data.val)},
+        "objects": {"train": len(data.train.crop_labels), "val": len(data.val.crop_labels)},
+        "epochs": config.epochs,
+        "attentive_epochs": config.attentive_epochs,
+        "seed": config.seed,
+        "scores": table["checkpoint"],
+        "floor": table.get(COLOUR_GRID),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agents.probe``: probe a checkpoint's encoder (and the colour-grid floor, unless ``--no-floor``),
+    print a table and write JSON (``--out``). Returns the exit status: 0, or 2 when the checkpoint or the data is
+    unusable (bad flags exit with status 2 through argparse)."""
+    config, _ = cli.parse(ProbeConfig, argv, prog="python -m agents.probe", description=__doc__.split("\n\n")[0])
+    try:
+        record = probe_checkpoint(config)
+    except (CheckpointError, ValueError, DatasetNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows = {"checkpoint": record["scores"], **({COLOUR_GRID: record["floor"]} if record["floor"] else {})}
+    print(format_probe_table(rows))
+    if config.out is not None:
+        out = config.out.expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "checkpoint": str(checkpoint),
-            "dataset": dataset_name,
-            "root": root,
-            "view_size": view_size,
-            "min_crop_area": data.min_crop_area,
-            "images": {"train": len(data.train), "val": len(data.val)},
-            "objects": {"train": len(data.train.crop_labels), "val": len(data.val.crop_labels)},
-            "epochs": args.epochs,
-            "attentive_epochs": args.attentive_epochs,
-            "seed": args.seed,
-            "scores": scores,
-            "floor": table.get(COLOUR_GRID),
-        }
         out.write_text(json.dumps(record, indent=2) + "\n")
-    return scores
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

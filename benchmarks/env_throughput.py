@@ -19,28 +19,23 @@ replaces this benchmark's section of docs/benchmarks.md with the table, the mach
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
+from common import DOCS, ROOT, commit, machine, write_section
 from PIL import Image
+from pil_env import PILViewEnv
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pil_env import PILViewEnv  # noqa: E402
+from agents import cli
+from agents.cli import check, option
+from view_env.data import ImageBank, ShapesDataset, default_canvas_size
+from view_env.vector import ViewTransformVectorEnv
 
-from view_env.data import ImageBank, ShapesDataset, default_canvas_size  # noqa: E402
-from view_env.vector import ViewTransformVectorEnv  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- env_throughput:start -->", "<!-- env_throughput:end -->"
 
 
@@ -55,62 +50,38 @@ def timed(step: Callable[[int], None], seconds: float, min_steps: int = 3, warmu
     return count / (time.perf_counter() - start)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    threads = torch.get_num_threads()
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} thread{'s' * (threads != 1)}), "
-            f"Python {platform.python_version()}{gpu}")
+@dataclass
+class ThroughputArgs:
+    """Arguments of ``benchmarks/env_throughput.py``."""
+
+    num_envs: list[int] = option([1, 16, 256, 1024], "numbers of environments")
+    obs_sizes: list[int] = option([64, 224], "observation sizes, pixels")
+    devices: list[str] | None = option(None, "devices of view_env (default: cpu, and cuda when available)")
+    images: int = option(2000, "images in the bank (from the default Shapes set)")
+    shapes_root: str | None = option(None, "a Shapes set to read (default: the cached default set)")
+    seconds: float = option(1.0, "minimum time per measurement")
+    max_async: int = option(256, "largest num_envs run under AsyncVectorEnv")
+    quick: bool = option(False, "1, 16 and 256 environments at 64 px, 0.5 s each")
+    write_docs: bool = option(False, f"write the table into {DOCS.relative_to(ROOT)}")
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.num_envs, self.obs_sizes, self.seconds = [1, 16, 256], [64], 0.5
+        if self.devices is None:
+            self.devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+        for device in self.devices:
+            check(not device.startswith("cuda") or torch.cuda.is_available(), "devices", device,
+                  "a device this machine has (CUDA is not available here)")
+        check(min(self.num_envs) >= 1, "num_envs", self.num_envs, "integers >= 1")
+        check(min(self.obs_sizes) >= 1, "obs_sizes", self.obs_sizes, "integers >= 1")
+        check(self.images >= 1, "images", self.images, "an integer >= 1")
+        check(self.seconds > 0, "seconds", self.seconds, "a number > 0")
+        check(self.max_async >= 0, "max_async", self.max_async, "an integer >= 0")
 
 
-def relative(path: Path, start: Path = ROOT) -> str:
-    """``path`` relative to ``start`` (POSIX separators) when it lies inside it, else as given: for links in docs."""
-    try:
-        return Path(path).resolve().relative_to(start.resolve()).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        # Changes under docs/ (the tables and figures the benchmarks themselves write) do not change what ran.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs"],
-                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        return rev + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 16, 256, 1024])
-    parser.add_argument("--obs-sizes", type=int, nargs="+", default=[64, 224])
-    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
-    parser.add_argument("--images", type=int, default=2000, help="images in the bank (from the default Shapes set)")
-    parser.add_argument("--shapes-root", default=None, help="a Shapes set to read (default: the cached default set)")
-    parser.add_argument("--seconds", type=float, default=1.0, help="minimum time per measurement")
-    parser.add_argument("--max-async", type=int, default=256, help="largest num_envs run under AsyncVectorEnv")
-    parser.add_argument("--quick", action="store_true", help="1, 16 and 256 environments at 64 px, 0.5 s each")
-    parser.add_argument("--write-docs", action="store_true", help=f"write the table into {DOCS.relative_to(ROOT)}")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.num_envs, args.obs_sizes, args.seconds = [1, 16, 256], [64], 0.5
-    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    for device in devices:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            parser.error(f"--devices {device}: CUDA is not available on this machine")
-    if min(args.num_envs) < 1 or args.images < 1 or args.seconds <= 0:
-        parser.error("--num-envs, --images and --seconds must be positive")
-
+def main(argv: Sequence[str] | None = None) -> int:
+    args, _ = cli.parse(ThroughputArgs, argv, description=__doc__)
+    devices = args.devices
     started = time.perf_counter()
     dataset = ShapesDataset(args.shapes_root)
     indices = range(min(args.images, len(dataset)))
@@ -129,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render_table(rows, devices)
     print(f"\nwall time {wall:.0f} s on {machine()}, commit {commit()}")
     if args.write_docs:
-        write_docs(table, wall, " ".join(sys.argv[1:]))
+        write_docs(table, wall, " ".join(sys.argv[1:] if argv is None else argv))
         print(f"wrote {DOCS}")
     return 0
 
@@ -160,7 +131,7 @@ def vector_rate(env: gym.vector.VectorEnv, actions: np.ndarray | torch.Tensor, s
 
 
 def measure_row(bank: ImageBank, factory: Callable[[], gym.Env], obs_size: int, num_envs: int, devices: list[str],
-                args: argparse.Namespace) -> dict:
+                args: ThroughputArgs) -> dict:
     actions = np.random.default_rng(0).integers(0, 16, size=(64, num_envs))
     ours = {}
     for device in devices:
@@ -217,12 +188,7 @@ def write_docs(table: str, wall: float, arguments: str) -> None:
         table,
         END,
     ])
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Environment throughput\n\n" + section + "\n"
-    DOCS.write_text(text)
+    write_section(DOCS, START, END, section, "Environment throughput")
 
 
 if __name__ == "__main__":

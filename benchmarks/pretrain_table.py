@@ -47,36 +47,30 @@ markers.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
-import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from common import DOCS, ROOT, commit, machine, relative, write_section
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from env_throughput import commit, machine, relative  # noqa: E402
+from agents import cli
+from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_encoder
+from agents.cli import check, flag_name, option
+from agents.config import PretrainConfig
+from agents.pretrain import probe_set, random_init_network, train
+from agents.probe import ColourGridEncoder, ProbeData, run_probes
 
-from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_encoder  # noqa: E402
-from agents.config import PretrainConfig  # noqa: E402
-from agents.pretrain import build_network, train  # noqa: E402
-from agents.probe import ColourGridEncoder, ProbeData, probe_data, run_probes  # noqa: E402
-from view_env.data import ImageBank, default_canvas_size, load_dataset  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
 FIGURE = ROOT / "docs" / "figures" / "pretrain_table.png"
 START, END = "<!-- pretrain_table:start -->", "<!-- pretrain_table:end -->"
-HEADING = "## Pretraining comparison on Shapes"
+HEADING = "Pretraining comparison on Shapes"
 
 #: Probe keys, their column names, and whether higher is better.
 PROBES = {"presence_map": ("presence mAP", True), "box_top1": ("box top-1", True), "knn_top1": ("k-NN top-1", True),
@@ -133,35 +127,28 @@ RESERVED = {"annotations", "bootstrap_weight", "gamma", "backup", "action_tokens
 # ----------------------------------------------------------------------------------------------------- settings
 
 
-def _field_value(name: str, text: str) -> Any:
-    """``text`` as a value of :class:`PretrainConfig` field ``name``."""
-    hint = str(typing.get_type_hints(PretrainConfig)[name])
-    if text.lower() == "none" and "None" in hint:
-        return None
-    if hint == "bool":
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    if hint.startswith("tuple"):
-        return tuple(t for t in text.split(",") if t)
-    if "int" in hint:
-        return int(text)
-    if "float" in hint:
-        return float(text)
-    return text
+def base_config(args: TableArgs) -> PretrainConfig:
+    """The settings every row shares (seed, output and data are set per run).
 
-
-def base_config(args: argparse.Namespace) -> PretrainConfig:
-    """The settings every row shares (seed, output and data are set per run)."""
+    Raises:
+        ValueError: :class:`PretrainConfig` refuses a value; the message names the flag it came from (a ``--set``
+            item, or this script's own flag).
+    """
     values: dict[str, Any] = {"env": "shapes", "root": args.shapes_root, "total_steps": args.steps, "probe": False,
                               "probe_train_images": args.probe_train_images, "progress": args.progress}
     if args.buffer_size is not None:
         values["buffer_size"] = args.buffer_size
-    values.update(args.overrides)
-    return PretrainConfig(**values)
+    values.update(args.config_overrides)
+    try:
+        return PretrainConfig(**values)
+    except ValueError as error:
+        for name in args.config_overrides:  # PretrainConfig names its own flag; say which --set item that is
+            if str(error).startswith(flag_name(name) + " "):
+                raise ValueError(f"--set {name}=...: {error}") from None
+        raise
 
 
-def settings(base: PretrainConfig, args: argparse.Namespace) -> dict[str, Any]:
+def settings(base: PretrainConfig, args: TableArgs) -> dict[str, Any]:
     """What must match for results to be comparable (and for ``--resume-json`` to continue them)."""
     config = config_to_dict(base)
     for name in ("seed", "out", "data", "resume", "progress", "probe", "device", "num_workers"):
@@ -178,29 +165,14 @@ def row_config(base: PretrainConfig, row: Row, seed: int, out_dir: Path) -> Pret
 # ------------------------------------------------------------------------------------------- data and the runs
 
 
-def probe_set(base: PretrainConfig, seed: int, val_images: int | None) -> ProbeData:
-    """The probes' images for ``seed``, drawn as ``agents.pretrain`` draws them (plus an optional val subset)."""
-    train_set = load_dataset("shapes", root=base.root, split="train", progress=False)
-    val_set = load_dataset("shapes", root=base.root, split="val", progress=False)
-    rng = np.random.default_rng(seed)
-    train_indices = np.sort(rng.permutation(len(train_set))[: base.probe_train_images])
-    val_indices = np.arange(len(val_set))
-    if val_images is not None and val_images < len(val_set):
-        val_indices = np.sort(np.random.default_rng(seed + 7).permutation(len(val_set))[:val_images])
-    canvas = default_canvas_size(base.obs_size)
-    bank_train = ImageBank.from_dataset(train_set, canvas_size=canvas, indices=train_indices.tolist(), progress=False)
-    bank_val = ImageBank.from_dataset(val_set, canvas_size=canvas, indices=val_indices.tolist(), progress=False)
-    return probe_data(bank_train, bank_val, base.obs_size, seed=seed, min_crop_area=base.crop_scale[0])
-
-
 def probe_only(name: str, base: PretrainConfig, seed: int, data: ProbeData) -> dict[str, float]:
     """The probes of an encoder that is not trained: the one every row starts from for ``seed`` (built as
     ``agents.pretrain`` builds it), or the colour-grid floor."""
     if name == "colour-grid":
         return run_probes(ColourGridEncoder(), data, device=base.device, progress=base.progress, seed=seed)
-    torch.manual_seed(seed + 1)
-    config = dataclasses.replace(base, annotations="labels")  # the encoder is built first: the source is irrelevant
-    encoder = build_network(config, data.num_categories).encoder.to(base.device).eval()
+    # The encoder is built first from the torch seed, so the annotation source does not change it.
+    config = dataclasses.replace(base, annotations="labels", seed=seed)
+    encoder = random_init_network(config, data.num_categories).encoder.to(base.device).eval()
     return run_probes(encoder, data, device=base.device, progress=base.progress, seed=seed)
 
 
@@ -290,10 +262,10 @@ def _sentence(name: str, ref: str, diff: dict[str, Any], seeded: bool) -> str:
     return text + "."
 
 
-def reading(table: dict[str, dict[str, Any]]) -> list[str]:
-    """Plain sentences of what the table shows, from its numbers only."""
+def _pairs_reading(table: dict[str, dict[str, Any]], seeded: bool) -> list[str]:
+    """Each bootstrapped row against its base: an overall count, one sentence per source, presence mAP, and where
+    bootstrapping does not win."""
     lines = []
-    seeded = min((e["n"] for e in table.values()), default=0) > 1
     not_better: dict[str, list[str]] = {key: [] for key in PROBES}
     compared, diffs = [], []
     for source, base, boot in PAIRS:
@@ -305,46 +277,53 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
             for key, d in diff.items():
                 if not d["better"]:
                     not_better[key].append(source)
-    if compared:
-        text = (f"Over all {len(diffs)} (source, probe) pairs, the bootstrapped row is better than its base in "
-                f"{sum(d['better'] for d in diffs)}")
-        if seeded:
-            beyond = [d["better"] for d in diffs if d["beyond_spread"]]
-            text += (f"; the difference exceeds the seed spread in {sum(beyond)} in its favour and "
-                     f"{len(beyond) - sum(beyond)} against it")
-        lines.insert(0, text + ".")
-        wins = [s for s in compared if s not in not_better["presence_map"]]
-        text = (f"On presence mAP the bootstrapped row is above its base for {len(wins)} of {len(compared)} sources "
-                f"({', '.join(wins) or 'none'})")
-        if not_better["presence_map"]:
-            text += f" and not for {', '.join(not_better['presence_map'])}"
-        lines.append(text + ".")
-        lines.append("Where bootstrapping does not beat its base (per probe, sources whose bootstrapped row is not "
-                     "better): " + "; ".join(f"{PROBES[k][0]}: {', '.join(v) or 'none'}" for k, v in not_better.items())
-                     + ".")
-    if "ab-simclr" in table:
-        for what, name in ABLATIONS:
-            if name in table:
-                lines.append(_sentence(f"AB-SimCLR with {what}", "AB-SimCLR (gamma 0.5, max backup, action tokens)",
-                                       compare(table, name, "ab-simclr"), seeded))
-    if "random-init" in table:
-        versus_init = {name: compare(table, name, "random-init") for name in table if ROWS[name].overrides is not None}
-        above, not_above = [], []
-        for name, diffs_init in versus_init.items():
-            diff = diffs_init["presence_map"]
-            ok = diff["better"] and (diff["beyond_spread"] or not seeded)
-            (above if ok else not_above).append(ROWS[name].label)
-        if above or not_above:
-            qualifier = " by more than the seed spread" if seeded else ""
-            lines.append(f"Above the random-init encoder on presence mAP{qualifier}: {'; '.join(above) or 'none'}. "
-                         f"Not: {'; '.join(not_above) or 'none'}.")
-        if seeded:  # a trained encoder losing to its own initialisation on a probe is worth saying plainly
-            for key, (label, _) in PROBES.items():
-                worse = [ROWS[name].label for name, d in versus_init.items()
-                         if d[key]["beyond_spread"] and not d[key]["better"]]
-                if worse:
-                    lines.append(f"Below the random-init encoder on {label} by more than the seed spread: "
-                                 f"{'; '.join(worse)}.")
+    if not compared:
+        return lines
+    text = (f"Over all {len(diffs)} (source, probe) pairs, the bootstrapped row is better than its base in "
+            f"{sum(d['better'] for d in diffs)}")
+    if seeded:
+        beyond = [d["better"] for d in diffs if d["beyond_spread"]]
+        text += (f"; the difference exceeds the seed spread in {sum(beyond)} in its favour and "
+                 f"{len(beyond) - sum(beyond)} against it")
+    lines.insert(0, text + ".")
+    wins = [s for s in compared if s not in not_better["presence_map"]]
+    text = (f"On presence mAP the bootstrapped row is above its base for {len(wins)} of {len(compared)} sources "
+            f"({', '.join(wins) or 'none'})")
+    if not_better["presence_map"]:
+        text += f" and not for {', '.join(not_better['presence_map'])}"
+    lines.append(text + ".")
+    lines.append("Where bootstrapping does not beat its base (per probe, sources whose bootstrapped row is not "
+                 "better): " + "; ".join(f"{PROBES[k][0]}: {', '.join(v) or 'none'}" for k, v in not_better.items())
+                 + ".")
+    return lines
+
+
+def _random_init_reading(table: dict[str, dict[str, Any]], seeded: bool) -> list[str]:
+    """The trained rows against the random-init encoder: on presence mAP, and every probe where one is below it."""
+    lines: list[str] = []
+    versus_init = {name: compare(table, name, "random-init") for name in table if ROWS[name].overrides is not None}
+    above, not_above = [], []
+    for name, diffs_init in versus_init.items():
+        diff = diffs_init["presence_map"]
+        ok = diff["better"] and (diff["beyond_spread"] or not seeded)
+        (above if ok else not_above).append(ROWS[name].label)
+    if above or not_above:
+        qualifier = " by more than the seed spread" if seeded else ""
+        lines.append(f"Above the random-init encoder on presence mAP{qualifier}: {'; '.join(above) or 'none'}. "
+                     f"Not: {'; '.join(not_above) or 'none'}.")
+    if seeded:  # a trained encoder losing to its own initialisation on a probe is worth saying plainly
+        for key, (label, _) in PROBES.items():
+            worse = [ROWS[name].label for name, d in versus_init.items()
+                     if d[key]["beyond_spread"] and not d[key]["better"]]
+            if worse:
+                lines.append(f"Below the random-init encoder on {label} by more than the seed spread: "
+                             f"{'; '.join(worse)}.")
+    return lines
+
+
+def _floors_reading(table: dict[str, dict[str, Any]], seeded: bool) -> list[str]:
+    """Per floor (random init, colour grid): the trained rows above it on every probe, and the others."""
+    lines = []
     trained = [name for name in table if ROWS[name].overrides is not None]
     for floor in ("random-init", "colour-grid"):
         if floor not in table or not trained:
@@ -358,18 +337,37 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
                                                      else ROWS[name].label)
         lines.append(f"Above the {ROWS[floor].label} on every probe{qualifier}: {'; '.join(everywhere) or 'none'}. "
                      f"Not (the probes where not): {'; '.join(short) or 'none'}.")
+    return lines
+
+
+def _attentive_reading(table: dict[str, dict[str, Any]]) -> list[str]:
+    """AB-X minus X on the attentive probes, where the paper's gains show."""
     attentive = [k for k in PROBES if k.startswith("attn_")]
-    if attentive:
-        verdicts = []
-        for source, base, boot in PAIRS:
-            if base in table and boot in table:
-                diff = compare(table, boot, base)
-                verdicts.append(f"{source}: " + ", ".join(
-                    f"{diff[k]['delta']:+.3f} {PROBES[k][0]}"
-                    + (" (beyond the spread)" if diff[k]["beyond_spread"] else "") for k in attentive))
-        if verdicts:
-            lines.append("On the attentive probes, where the paper's gains show, AB-X minus X: " + "; ".join(verdicts)
-                         + ".")
+    verdicts = []
+    for source, base, boot in PAIRS:
+        if attentive and base in table and boot in table:
+            diff = compare(table, boot, base)
+            verdicts.append(f"{source}: " + ", ".join(
+                f"{diff[k]['delta']:+.3f} {PROBES[k][0]}"
+                + (" (beyond the spread)" if diff[k]["beyond_spread"] else "") for k in attentive))
+    if not verdicts:
+        return []
+    return ["On the attentive probes, where the paper's gains show, AB-X minus X: " + "; ".join(verdicts) + "."]
+
+
+def reading(table: dict[str, dict[str, Any]]) -> list[str]:
+    """Plain sentences of what the table shows, from its numbers only."""
+    seeded = min((e["n"] for e in table.values()), default=0) > 1
+    lines = _pairs_reading(table, seeded)
+    if "ab-simclr" in table:
+        for what, name in ABLATIONS:
+            if name in table:
+                lines.append(_sentence(f"AB-SimCLR with {what}", "AB-SimCLR (gamma 0.5, max backup, action tokens)",
+                                       compare(table, name, "ab-simclr"), seeded))
+    if "random-init" in table:
+        lines += _random_init_reading(table, seeded)
+    lines += _floors_reading(table, seeded)
+    lines += _attentive_reading(table)
     if not seeded and lines:
         lines.append("One seed only: no spread is measured, so no difference here can be told apart from seed noise.")
     return lines
@@ -468,12 +466,7 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
           if meta["missing"] else []),
         END,
     ])
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n" + section + "\n"
-    DOCS.write_text(text)
+    write_section(DOCS, START, END, section, HEADING)
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -486,118 +479,123 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps of every row (default "
-                        f"{DEFAULT_STEPS}; --quick: {QUICK['steps']})")
-    parser.add_argument("--seeds", type=int, default=None, help=f"seeds 0..N-1 (default {DEFAULT_SEEDS}; --quick: 1)")
-    parser.add_argument("--rows", default=None, help=f"comma-separated subset of: {', '.join(ROWS)} (default: all; "
-                        f"--quick: {QUICK['rows']})")
-    parser.add_argument("--shapes-root", default=None, help="a Shapes set (default: the cached default set)")
-    parser.add_argument("--buffer-size", type=int, default=None,
-                        help=f"replay buffer of every run (default {PretrainConfig.buffer_size}; --quick: "
-                             f"{QUICK['buffer_size']})")
-    parser.add_argument("--probe-train-images", type=int, default=None,
-                        help=f"train images the probes are fitted on (default {PretrainConfig.probe_train_images}; "
-                             f"--quick: {QUICK['probe_train_images']})")
-    parser.add_argument("--probe-val-images", type=int, default=None,
-                        help=f"val images the probes are scored on (default: all; --quick: "
-                             f"{QUICK['probe_val_images']})")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="FIELD=VALUE",
-                        help="change a PretrainConfig field of every row, e.g. --set encoder_depth=2 lr=1e-3 "
-                             f"(not {', '.join(sorted(RESERVED))})")
-    parser.add_argument("--quick", action="store_true",
-                        help="1 seed, 40 steps, 6 rows (random init, colour grid, SimCLR vs AB-SimCLR, labels base "
-                             "vs GVF), a 2,048-transition buffer, probes on 500 train and 300 val images; explicit "
-                             "flags override these")
-    parser.add_argument("--out-dir", type=Path, default=Path("runs/pretrain_table"),
-                        help="checkpoints (OUT_DIR/ROW/seedN)")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="raw per-seed results (default: --resume-json when given, else runs/pretrain_table.json)")
-    parser.add_argument("--resume-json", type=Path, default=None,
-                        help="continue from this JSON: skip the (row, seed) runs it already holds")
-    parser.add_argument("--plot", type=Path, default=None,
-                        help=f"the PNG (default: {FIGURE.relative_to(ROOT)} with --write-docs, else "
-                             "OUT_DIR/pretrain_table.png)")
-    parser.add_argument("--write-docs", action="store_true", help=f"write the section of {DOCS.relative_to(ROOT)}")
-    parser.add_argument("--progress", action="store_true", help="progress bars of pretraining and probes")
-    return parser
+@dataclass
+class TableArgs:
+    """Arguments of ``benchmarks/pretrain_table.py``; ``None`` takes the default, or the ``--quick`` value."""
 
+    steps: int | None = option(None, f"optimiser steps of every row (default {DEFAULT_STEPS}; --quick: "
+                               f"{QUICK['steps']})")
+    seeds: int | None = option(None, f"seeds 0..N-1 (default {DEFAULT_SEEDS}; --quick: 1)")
+    rows: str | None = option(None, f"comma-separated subset of: {', '.join(ROWS)} (default: all; --quick: "
+                              f"{QUICK['rows']})")
+    shapes_root: str | None = option(None, "a Shapes set (default: the cached default set)")
+    buffer_size: int | None = option(None, f"replay buffer of every run (default {PretrainConfig.buffer_size}; "
+                                     f"--quick: {QUICK['buffer_size']})")
+    probe_train_images: int | None = option(None, "train images the probes are fitted on (default "
+                                            f"{PretrainConfig.probe_train_images}; --quick: "
+                                            f"{QUICK['probe_train_images']})")
+    probe_val_images: int | None = option(None, "val images the probes are scored on (default: all; --quick: "
+                                          f"{QUICK['probe_val_images']})")
+    overrides: list[str] = option([], "change a PretrainConfig field of every row, e.g. --set encoder_depth=2 "
+                                  f"lr=1e-3 (not {', '.join(sorted(RESERVED))})", flag="--set", action="extend",
+                                  metavar="FIELD=VALUE")
+    quick: bool = option(False, "1 seed, 40 steps, 6 rows (random init, colour grid, SimCLR vs AB-SimCLR, labels "
+                         "base vs GVF), a 2,048-transition buffer, probes on 500 train and 300 val images; explicit "
+                         "flags override these")
+    out_dir: Path = option(Path("runs/pretrain_table"), "checkpoints (OUT_DIR/ROW/seedN)")
+    json: Path | None = option(None, "raw per-seed results (default: --resume-json when given, else "
+                               "runs/pretrain_table.json)")
+    resume_json: Path | None = option(None, "continue from this JSON: skip the (row, seed) runs it already holds")
+    plot: Path | None = option(None, f"the PNG (default: {FIGURE.relative_to(ROOT)} with --write-docs, else "
+                               "OUT_DIR/pretrain_table.png)")
+    write_docs: bool = option(False, f"write the section of {DOCS.relative_to(ROOT)}")
+    progress: bool = option(False, "progress bars of pretraining and probes")
+    #: ``rows`` as a list, and ``overrides`` as PretrainConfig values (set from the fields above).
+    row_names: list[str] = field(init=False)
+    config_overrides: dict[str, Any] = field(init=False)
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    defaults = {"steps": DEFAULT_STEPS, "seeds": DEFAULT_SEEDS, "rows": ",".join(ROWS), "buffer_size": None,
-                "probe_train_images": PretrainConfig.probe_train_images, "probe_val_images": None}
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, QUICK[name] if args.quick else value)
-    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in args.rows if r not in ROWS]
-    if unknown or not args.rows:
-        parser.error(f"--rows {','.join(unknown) or '(empty)'}: expected names among {', '.join(ROWS)}")
-    if args.steps < 1 or args.seeds < 1 or args.probe_train_images < 1 or (args.probe_val_images or 1) < 1:
-        parser.error("--steps, --seeds, --probe-train-images and --probe-val-images must be >= 1")
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    overrides = {}
-    for item in args.overrides:
+    def __post_init__(self) -> None:
+        defaults = {"steps": DEFAULT_STEPS, "seeds": DEFAULT_SEEDS, "rows": ",".join(ROWS),
+                    "probe_train_images": PretrainConfig.probe_train_images}
+        for name in ("steps", "seeds", "rows", "buffer_size", "probe_train_images", "probe_val_images"):
+            if getattr(self, name) is None:
+                setattr(self, name, QUICK[name] if self.quick else defaults.get(name))
+        self.row_names = [r.strip() for r in self.rows.split(",") if r.strip()]
+        unknown = [r for r in self.row_names if r not in ROWS]
+        check(bool(self.row_names) and not unknown, "rows", self.rows,
+              f"comma-separated names among {', '.join(ROWS)} (unknown: {unknown})")
+        for name in ("steps", "seeds", "probe_train_images"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        check(self.probe_val_images is None or self.probe_val_images >= 1, "probe_val_images",
+              self.probe_val_images, "an integer >= 1 (or none: the whole val split)")
+        check(self.buffer_size is None or self.buffer_size >= 1, "buffer_size", self.buffer_size, "an integer >= 1")
+        self.config_overrides = dict(self._override(item) for item in self.overrides)
+        if self.json is None:
+            self.json = self.resume_json or Path("runs/pretrain_table.json")
+        if self.plot is None:
+            self.plot = FIGURE if self.write_docs else self.out_dir / "pretrain_table.png"
+
+    @staticmethod
+    def _override(item: str) -> tuple[str, Any]:
+        """``FIELD=VALUE`` of ``--set`` as a PretrainConfig field and its value."""
         name, sep, text = item.partition("=")
-        if not sep or name not in fields:
-            parser.error(f"--set {item}: expected FIELD=VALUE with FIELD a PretrainConfig field")
-        if name in RESERVED:
-            parser.error(f"--set {item}: {name} is set by the rows or by this script's own flags")
+        fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+        check(bool(sep) and name in fields, "--set", item, "FIELD=VALUE with FIELD a PretrainConfig field")
+        check(name not in RESERVED, "--set", item, f"a field other than {name}, which the rows or this script's own "
+              "flags set")
         try:
-            overrides[name] = _field_value(name, text)
+            return name, cli.convert(PretrainConfig, name, text)
         except ValueError as error:
-            parser.error(f"--set {item}: {error}")
-    args.overrides = overrides
-    if args.json is None:
-        args.json = args.resume_json or Path("runs/pretrain_table.json")
-    if args.plot is None:
-        args.plot = FIGURE if args.write_docs else args.out_dir / "pretrain_table.png"
-    return args, parser
+            raise ValueError(f"--set {item!r} is invalid: {error}") from None
+
+
+def _resumed_document(args: TableArgs, wanted: dict[str, Any]) -> dict[str, Any]:
+    """The JSON ``--resume-json`` continues, checked to be of this script and of the same settings.
+
+    Raises:
+        ValueError: The file is missing, not a JSON of this script, or written with other settings.
+    """
+    path = args.resume_json
+    check(path.is_file(), "resume_json", path, "an existing JSON written by this script (it does not exist)")
+    try:
+        previous = json.loads(path.read_text())
+        if not isinstance(previous.get("runs"), dict) or not isinstance(previous.get("invocations"), list):
+            raise ValueError("it has no 'runs' object or no 'invocations' list")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"--resume-json {path} is not a JSON written by this script ({error}); start a new one "
+                         "with --json") from None
+    old = previous.get("settings", {})
+    if isinstance(old.get("config"), dict):
+        # A field added to PretrainConfig after the JSON was written takes its default there: defaults keep the
+        # behaviour the code had before the field existed.
+        defaults = config_to_dict(PretrainConfig())
+        old["config"] = {**{k: defaults[k] for k in wanted["config"] if k not in old["config"] and k in defaults},
+                         **old["config"]}
+    if old != wanted:
+        differ = sorted({k for k in (*wanted["config"], *old.get("config", {}))
+                         if wanted["config"].get(k) != old.get("config", {}).get(k)}
+                        | {k for k in ("probe_train_images", "probe_val_images") if wanted[k] != old.get(k)})
+        raise ValueError(f"--resume-json {path} was written with other settings ({', '.join(differ)} differ); "
+                         "rerun with the same flags or start a new JSON")
+    return previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, parser = parse_args(argv)
+    args, parser = cli.parse(TableArgs, argv, description=__doc__)
     try:
         base = base_config(args)
+        wanted = settings(base, args)
+        document = (_resumed_document(args, wanted) if args.resume_json is not None
+                    else {"settings": wanted, "runs": {}, "invocations": []})
     except ValueError as error:
         parser.error(str(error))
-    wanted = settings(base, args)
-    document: dict[str, Any] = {"settings": wanted, "runs": {}, "invocations": []}
-    if args.resume_json is not None:
-        if not args.resume_json.is_file():
-            parser.error(f"--resume-json {args.resume_json} does not exist")
-        try:
-            previous = json.loads(args.resume_json.read_text())
-            if not isinstance(previous.get("runs"), dict) or not isinstance(previous.get("invocations"), list):
-                raise ValueError("it has no 'runs' object or no 'invocations' list")
-        except (ValueError, AttributeError) as error:
-            parser.error(f"--resume-json {args.resume_json} is not a JSON written by this script ({error}); "
-                         "start a new one with --json")
-        previous_settings = previous.get("settings", {})
-        if isinstance(previous_settings.get("config"), dict):
-            # A field added to PretrainConfig after the JSON was written takes its default there: defaults keep the
-            # behaviour the code had before the field existed.
-            defaults = config_to_dict(PretrainConfig())
-            previous_settings["config"] = {**{k: defaults[k] for k in wanted["config"]
-                                              if k not in previous_settings["config"] and k in defaults},
-                                           **previous_settings["config"]}
-        if previous_settings != wanted:
-            old = previous_settings
-            differ = sorted({k for k in (*wanted["config"], *old.get("config", {}))
-                             if wanted["config"].get(k) != old.get("config", {}).get(k)}
-                            | {k for k in ("probe_train_images", "probe_val_images") if wanted[k] != old.get(k)})
-            parser.error(f"--resume-json {args.resume_json} was written with other settings ({', '.join(differ)} "
-                         "differ); rerun with the same flags or start a new JSON")
-        document = previous
     runs: dict[str, dict[str, Any]] = document["runs"]
     command = "python benchmarks/pretrain_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     command = command.strip()
     started = time.perf_counter()
-    todo = [(seed, name) for seed in range(args.seeds) for name in args.rows if str(seed) not in runs.get(name, {})]
-    skipped = [(seed, name) for seed in range(args.seeds) for name in args.rows if str(seed) in runs.get(name, {})]
+    todo = [(seed, name) for seed in range(args.seeds) for name in args.row_names
+            if str(seed) not in runs.get(name, {})]
+    skipped = [(seed, name) for seed in range(args.seeds) for name in args.row_names if str(seed) in runs.get(name, {})]
     for seed, name in skipped:
         print(f"skip {name} seed {seed}: in {args.resume_json}")
     print(f"{len(todo)} runs: {args.steps} steps x batch {base.batch_size}, a {base.buffer_size:,}-transition buffer "
@@ -608,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = ROWS[name]
         if seed not in probe_cache:
             probe_cache.clear()
-            probe_cache[seed] = probe_set(base, seed, args.probe_val_images)
+            probe_cache[seed] = probe_set(dataclasses.replace(base, seed=seed), args.probe_val_images)
         data = probe_cache[seed]
         began = time.perf_counter()
         if row.overrides is None:

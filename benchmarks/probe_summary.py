@@ -12,12 +12,16 @@ the standard deviation of a difference of two independent runs (``hypot(std_a, s
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from agents import cli
+from agents.cli import option
+from agents.probe import format_probe_table
 
 #: Probe keys where lower is better; every other key is higher-better.
 LOWER_BETTER = ("count_mae",)
@@ -80,18 +84,22 @@ def verdicts(summary: dict[str, dict[str, tuple[float, float]]], row: str = "pre
 
 
 def markdown(summary: dict[str, dict[str, tuple[float, float]]], runs: int) -> str:
-    keys = list(next(iter(summary.values())))
-    lines = ["| encoder | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for name, scores in summary.items():
-        cells = [f"{m:.3f} ± {s:.3f}" if runs > 1 else f"{m:.3f}" for m, s in scores.values()]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The summary as a Markdown table (:func:`agents.probe.format_probe_table`): ``mean ± std`` per cell, or the
+    mean alone for one run."""
+    cells = {name: {key: value if runs > 1 else value[0] for key, value in scores.items()}
+             for name, scores in summary.items()}
+    return format_probe_table(cells, digits=3, markdown=True)
+
+
+@dataclass
+class SummaryArgs:
+    """Arguments of ``benchmarks/probe_summary.py``."""
+
+    runs: list[Path] = option(help="run directories of agents.pretrain (or probe.json files)", positional=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories of agents.pretrain (or probe.json files)")
-    args = parser.parse_args(argv)
+    args, parser = cli.parse(SummaryArgs, argv, description=__doc__)
     try:
         tables = load(args.runs)
     except ValueError as error:

@@ -19,10 +19,11 @@ Run:  python benchmarks/render_speed.py                      (N in 1 16 256 1024
 
 from __future__ import annotations
 
-import argparse
 import platform
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,12 +32,10 @@ import torchvision.transforms.functional as TF1
 from PIL import Image, ImageEnhance, ImageFilter
 from torchvision.ops import roi_align
 
+from agents import cli
+from agents.cli import check, option
+from view_env import default_canvas_size
 from view_env.render import ViewAug, native_backend_available, render_views
-
-
-def canvas_for(size: int) -> int:
-    """The canvas a view size is usually rendered from: 128 px for small views, 256 px for large ones."""
-    return 128 if size <= 128 else 256
 
 
 def random_views(n: int, num_images: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, ViewAug]:
@@ -160,14 +159,25 @@ def measure(
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256, 1024], help="numbers of views N")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="view sizes S (canvas 128 / 256)")
-    parser.add_argument("--images", type=int, default=256, help="images in the bank")
-    parser.add_argument("--min-time", type=float, default=0.3, help="seconds of repeats per measurement")
-    parser.add_argument("--no-stock", action="store_true", help="skip grid_sample and roi_align")
-    args = parser.parse_args()
+@dataclass
+class RenderArgs:
+    """Arguments of ``benchmarks/render_speed.py``."""
+
+    batches: list[int] = option([1, 16, 256, 1024], "numbers of views N")
+    sizes: list[int] = option([64, 224], "view sizes S (canvas: view_env.default_canvas_size, 128 / 256)")
+    images: int = option(256, "images in the bank")
+    min_time: float = option(0.3, "seconds of repeats per measurement")
+    stock: bool = option(True, "also time grid_sample and roi_align (--no-stock skips them)")
+
+    def __post_init__(self) -> None:
+        check(min(self.batches) >= 1, "batches", self.batches, "integers >= 1")
+        check(min(self.sizes) >= 1, "sizes", self.sizes, "integers >= 1")
+        check(self.images >= 1, "images", self.images, "an integer >= 1")
+        check(self.min_time > 0, "min_time", self.min_time, "a number of seconds > 0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, _ = cli.parse(RenderArgs, argv, description=__doc__)
 
     native = native_backend_available()
     print(
@@ -197,12 +207,12 @@ def main() -> None:
     print("|" + "---|" * len(columns))
     generator = torch.Generator().manual_seed(0)
     for size in args.sizes:
-        canvas = canvas_for(size)
+        canvas = default_canvas_size(size)
         bank = torch.randint(0, 256, (args.images, 3, canvas, canvas), dtype=torch.uint8, generator=generator)
         pil_images = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in bank]
         for n in args.batches:
             index, boxes, aug = random_views(n, args.images, generator)
-            times = measure(bank, pil_images, index, boxes, size, aug, args.min_time, native, not args.no_stock)
+            times = measure(bank, pil_images, index, boxes, size, aug, args.min_time, native, args.stock)
             ms = {key: f"{value * 1e3:.2f}" for key, value in times.items()}
             best = times.get("native", times["torch"])
             row = [
@@ -220,7 +230,8 @@ def main() -> None:
                 f"{times['pil'] / times['torch']:.1f}",
             ]
             print("| " + " | ".join(str(value) for value in row) + " |", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

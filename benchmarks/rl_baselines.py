@@ -33,30 +33,29 @@ steps for PPO, 0.4 s for A2C and 1.4 s for DQN, 1,613 s in all; in one process i
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import DOCS, ROOT, commit, machine, relative, write_section
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from env_throughput import DOCS, ROOT, commit, machine, relative  # noqa: E402
-
-from view_env import core  # noqa: E402
-from view_env.data import ImageBank, ShapesDataset, default_canvas_size  # noqa: E402
-from view_env.vector import ViewTransformVectorEnv  # noqa: E402
-from view_env.wrappers import SB3VecEnv  # noqa: E402
+from agents import cli
+from agents.cli import check, option
+from view_env import core
+from view_env.data import ImageBank, ShapesDataset, default_canvas_size
+from view_env.vector import ViewTransformVectorEnv
+from view_env.wrappers import SB3VecEnv
 
 START, END = "<!-- rl_baselines:start -->", "<!-- rl_baselines:end -->"
 DEFAULT_PLOT = ROOT / "docs" / "figures" / "rl_baselines.png"
@@ -223,7 +222,7 @@ class LearningCurve(BaseCallback):
         return True
 
 
-def train_and_evaluate(algo: str, seed: int, train: ImageBank, val: ImageBank, args: argparse.Namespace
+def train_and_evaluate(algo: str, seed: int, train: ImageBank, val: ImageBank, args: RLArgs
                        ) -> RunResult:
     started = time.perf_counter()
     venv = make_env(train, args.num_envs, args.obs_size)
@@ -242,21 +241,21 @@ def train_and_evaluate(algo: str, seed: int, train: ImageBank, val: ImageBank, a
     return RunResult(algo, seed, final, model.num_timesteps, time.perf_counter() - started, curve)
 
 
-def baseline(method: str, seed: int, val: ImageBank, args: argparse.Namespace) -> RunResult:
+def baseline(method: str, seed: int, val: ImageBank, args: RLArgs) -> RunResult:
     started = time.perf_counter()
     make_policy = oracle_policy if method == "oracle" else (lambda venv: random_policy(int(venv.action_space.n), seed))
     final = evaluate(make_policy, val, args.eval_episodes, args.obs_size, EVAL_SEED + seed)
     return RunResult(method, seed, final, 0, time.perf_counter() - started)
 
 
-def run_one(method: str, seed: int, train: ImageBank, val: ImageBank, args: argparse.Namespace) -> RunResult:
+def run_one(method: str, seed: int, train: ImageBank, val: ImageBank, args: RLArgs) -> RunResult:
     """Train and evaluate a learner, or evaluate a baseline, at one seed."""
     if method in ALGORITHMS:
         return train_and_evaluate(method, seed, train, val, args)
     return baseline(method, seed, val, args)
 
 
-def load_banks(args: argparse.Namespace) -> tuple[ImageBank, ImageBank]:
+def load_banks(args: RLArgs) -> tuple[ImageBank, ImageBank]:
     """The train bank (``--images`` of them) and the whole val bank, on a canvas fitted to ``--obs-size``."""
     canvas = default_canvas_size(args.obs_size)
     return (load_bank(args.shapes_root, "train", args.images, canvas),
@@ -267,7 +266,7 @@ def load_banks(args: argparse.Namespace) -> tuple[ImageBank, ImageBank]:
 _WORKER: dict[str, object] = {}
 
 
-def _start_worker(args: argparse.Namespace) -> None:
+def _start_worker(args: RLArgs) -> None:
     torch.set_num_threads(args.threads)
     _WORKER["train"], _WORKER["val"] = load_banks(args)
     _WORKER["args"] = args
@@ -277,7 +276,7 @@ def _run_in_worker(method: str, seed: int) -> RunResult:
     return run_one(method, seed, _WORKER["train"], _WORKER["val"], _WORKER["args"])  # type: ignore[arg-type]
 
 
-def run_all(jobs: list[tuple[str, int]], args: argparse.Namespace) -> Iterator[RunResult]:
+def run_all(jobs: list[tuple[str, int]], args: RLArgs) -> Iterator[RunResult]:
     """Every ``(method, seed)`` run, yielded as it finishes: in this process, or in ``args.workers`` processes.
 
     Worker processes are spawned (not forked, which torch's thread pools do not survive), each loads the banks once
@@ -392,7 +391,7 @@ def plot(results: list[RunResult], rows: list[dict], path: Path, title: str) -> 
 
 
 def write_docs(table: str, rows: list[dict], plot_path: Path, wall: float, arguments: str,
-               args: argparse.Namespace) -> None:
+               args: RLArgs) -> None:
     command = f"python benchmarks/rl_baselines.py {arguments}".strip()
     link = os.path.relpath(plot_path.resolve(), DOCS.parent.resolve())
     images = "all" if args.images is None else f"{args.images:,}"
@@ -412,55 +411,53 @@ def write_docs(table: str, rows: list[dict], plot_path: Path, wall: float, argum
         f"![success rate during training]({link})",
         END,
     ])
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        intro = (
-            "`benchmarks/rl_baselines.py` trains stable-baselines3 PPO, A2C and DQN (`MultiInputPolicy`: NatureCNN on "
-            "the view,\nconcatenated with the box and the one-hot target, then a `[64, 64]` head) on "
-            "`ViewTransform-Shapes-v0` with\n`task=\"search\"` through `SB3VecEnv`, and evaluates them on the val "
-            "split (PPO and A2C sampling their policy, DQN\ngreedy) against a uniform random policy and an oracle "
-            "that reads the environment's state and takes the geometric\naction whose next view reaches the success "
-            "coverage, else best overlaps (IoU) a box of the target. The plot shows the\nsuccess rate during "
-            "training (mean over seeds, min-max band); the horizontal lines are random and oracle.\n"
-        )
-        text = text.rstrip("\n") + "\n\n## RL baselines on active search\n\n" + intro + "\n" + section + "\n"
-    DOCS.write_text(text)
+    intro = (
+        "`benchmarks/rl_baselines.py` trains stable-baselines3 PPO, A2C and DQN (`MultiInputPolicy`: NatureCNN on "
+        "the view,\nconcatenated with the box and the one-hot target, then a `[64, 64]` head) on "
+        "`ViewTransform-Shapes-v0` with\n`task=\"search\"` through `SB3VecEnv`, and evaluates them on the val "
+        "split (PPO and A2C sampling their policy, DQN\ngreedy) against a uniform random policy and an oracle "
+        "that reads the environment's state and takes the geometric\naction whose next view reaches the success "
+        "coverage, else best overlaps (IoU) a box of the target. The plot shows the\nsuccess rate during "
+        "training (mean over seeds, min-max band); the horizontal lines are random and oracle.\n"
+    )
+    write_section(DOCS, START, END, section, "RL baselines on active search", intro)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=400_000, help="training environment steps per run")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 for every method")
-    parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
-    parser.add_argument("--num-envs", type=int, default=16, help="training environments")
-    parser.add_argument("--eval-episodes", type=int, default=256, help="val episodes per evaluation")
-    parser.add_argument("--curve-points", type=int, default=5, help="evaluations during training (after step 0)")
-    parser.add_argument("--obs-size", type=int, default=64, help=f"view side, pixels (>= {MIN_OBS_SIZE})")
-    parser.add_argument("--images", type=int, default=None, help="train images in the bank (default: all)")
-    parser.add_argument("--shapes-root", default=None, help="a Shapes set to read (default: the cached default set)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 is fastest for these small networks, and far faster on a busy CPU)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="runs at once, each in its own process with --threads torch threads (at most the idle "
-                             "cores; the results do not change)")
-    parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="where to write the learning-curve PNG")
-    parser.add_argument("--json", type=Path, default=None, help="write every run's result and curve to this JSON")
-    parser.add_argument("--quick", action="store_true", help="16k steps per run on 2,000 train images, 128 episodes")
-    parser.add_argument("--write-docs", action="store_true", help=f"write the table into {DOCS.relative_to(ROOT)}")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.steps, args.images, args.eval_episodes, args.curve_points = 16_384, 2000, 128, 4
-    for name in ("steps", "seeds", "num_envs", "eval_episodes", "curve_points", "threads", "workers"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} is invalid: expected an integer >= 1")
-    if args.obs_size < MIN_OBS_SIZE:
-        parser.error(f"--obs-size={args.obs_size} is too small: NatureCNN needs at least {MIN_OBS_SIZE} pixels")
-    if args.images is not None and args.images < 1:
-        parser.error(f"--images={args.images} is invalid: expected an integer >= 1")
-    if args.json is not None and args.json.is_dir():
-        parser.error(f"--json {args.json} is a directory: give a file path, e.g. {args.json / 'rl_baselines.json'}")
+@dataclass
+class RLArgs:
+    """Arguments of ``benchmarks/rl_baselines.py``."""
+
+    steps: int = option(400_000, "training environment steps per run")
+    seeds: int = option(3, "seeds 0 .. N-1 for every method")
+    algos: list[str] = option(list(ALGORITHMS), "learners to train", choices=ALGORITHMS)
+    num_envs: int = option(16, "training environments")
+    eval_episodes: int = option(256, "val episodes per evaluation")
+    curve_points: int = option(5, "evaluations during training (after step 0)")
+    obs_size: int = option(64, f"view side, pixels (>= {MIN_OBS_SIZE})")
+    images: int | None = option(None, "train images in the bank (default: all)")
+    shapes_root: str | None = option(None, "a Shapes set to read (default: the cached default set)")
+    threads: int = option(1, "torch threads (1 is fastest for these small networks, and far faster on a busy CPU)")
+    workers: int = option(1, "runs at once, each in its own process with --threads torch threads (at most the idle "
+                          "cores; the results do not change)")
+    plot: Path = option(DEFAULT_PLOT, "where to write the learning-curve PNG")
+    json: Path | None = option(None, "write every run's result and curve to this JSON")
+    quick: bool = option(False, "16k steps per run on 2,000 train images, 128 episodes")
+    write_docs: bool = option(False, f"write the table into {DOCS.relative_to(ROOT)}")
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.steps, self.images, self.eval_episodes, self.curve_points = 16_384, 2000, 128, 4
+        for name in ("steps", "seeds", "num_envs", "eval_episodes", "curve_points", "threads", "workers"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        check(self.obs_size >= MIN_OBS_SIZE, "obs_size", self.obs_size,
+              f"at least {MIN_OBS_SIZE} pixels (NatureCNN's three valid convolutions need them)")
+        check(self.images is None or self.images >= 1, "images", self.images, "an integer >= 1")
+        check(self.json is None or not self.json.is_dir(), "json", self.json,
+              "a file path, not a directory (e.g. DIR/rl_baselines.json)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, _ = cli.parse(RLArgs, argv, description=__doc__)
     torch.set_num_threads(args.threads)
 
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The benchmark scripts run to their end at their smallest settings."""
+"""The benchmark scripts run to their end at their smallest settings; their shared helpers; bad flags named."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import common  # noqa: E402
 import env_throughput  # noqa: E402
 
 
@@ -23,7 +24,7 @@ def test_env_throughput_smallest_settings(tiny_shapes, capsys):
     assert float(cells[6].rstrip("x")) > 0  # view_env vs sync
 
 
-def test_commit_is_dirty_for_code_changes_but_not_for_the_docs_benchmarks_write(tmp_path, monkeypatch):
+def test_commit_is_dirty_for_code_changes_but_not_for_the_docs_benchmarks_write(tmp_path):
     import subprocess
 
     def git(*args: str) -> None:
@@ -36,13 +37,12 @@ def test_commit_is_dirty_for_code_changes_but_not_for_the_docs_benchmarks_write(
     git("init", "-q")
     git("add", ".")
     git("commit", "-qm", "first")
-    monkeypatch.setattr(env_throughput, "ROOT", tmp_path)
-    clean = env_throughput.commit()
+    clean = common.commit(tmp_path)
     assert len(clean) >= 7 and "uncommitted" not in clean
     (tmp_path / "docs" / "benchmarks.md").write_text("new table\n")  # what --write-docs does during the run
-    assert env_throughput.commit() == clean
+    assert common.commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert env_throughput.commit() == clean + " (with uncommitted changes)"
+    assert common.commit(tmp_path) == clean + " (with uncommitted changes)"
 
 
 def test_probe_summary_against_hand_computed_means_and_spreads(tmp_path, capsys):
@@ -71,3 +71,53 @@ def test_probe_summary_against_hand_computed_means_and_spreads(tmp_path, capsys)
     with pytest.raises(SystemExit):
         probe_summary.main([str(r) for r in runs])
     assert "is not a probe table" in capsys.readouterr().err
+
+
+def test_write_section_replaces_its_markers_or_appends_a_heading(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    common.write_section(docs, "<!-- a:start -->", "<!-- a:end -->", "<!-- a:start -->\none\n<!-- a:end -->", "A")
+    assert docs.read_text() == "# Benchmarks\n\n## A\n\n<!-- a:start -->\none\n<!-- a:end -->\n"
+    docs.write_text(docs.read_text() + "\nafter\n")
+    common.write_section(docs, "<!-- a:start -->", "<!-- a:end -->", "<!-- a:start -->\ntwo\n<!-- a:end -->", "A")
+    assert docs.read_text() == "# Benchmarks\n\n## A\n\n<!-- a:start -->\ntwo\n<!-- a:end -->\n\nafter\n"
+    common.write_section(docs, "<!-- b:start -->", "<!-- b:end -->", "<!-- b:start -->\nb\n<!-- b:end -->", "B",
+                         intro="What B is.\n")
+    assert docs.read_text().endswith("after\n\n## B\n\nWhat B is.\n\n<!-- b:start -->\nb\n<!-- b:end -->\n")
+
+
+def test_render_speed_main_returns_an_exit_status(capsys):
+    import render_speed
+
+    assert render_speed.main(["--batches", "2", "--sizes", "16", "--images", "2", "--min-time", "0.001",
+                              "--no-stock"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 16 | 128 | 2 |"))
+    assert row.count("|") == 14
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("env_throughput", ["--images", "0"], "--images 0 is invalid: expected an integer >= 1"),
+    ("env_throughput", ["--seconds", "0"], "--seconds 0.0 is invalid: expected a number > 0"),
+    ("env_throughput", ["--num-envs", "4", "0"], "--num-envs [4, 0] is invalid: expected integers >= 1"),
+    ("render_speed", ["--min-time", "-1"], "--min-time -1.0 is invalid"),
+    ("render_speed", ["--sizes", "0"], "--sizes [0] is invalid"),
+    ("probe_summary", [], "the following arguments are required: runs"),
+    ("rl_baselines", ["--obs-size", "8"], "--obs-size 8 is invalid: expected at least 36 pixels"),
+    ("rl_baselines", ["--images", "0"], "--images 0 is invalid"),
+    ("rl_baselines", ["--curve-points", "0"], "--curve-points 0 is invalid"),
+    ("pretrain_table", ["--seeds", "0"], "--seeds 0 is invalid: expected an integer >= 1"),
+    ("pretrain_table", ["--steps", "0"], "--steps 0 is invalid"),
+    ("pretrain_table", ["--probe-train-images", "0"], "--probe-train-images 0 is invalid"),
+    ("pretrain_table", ["--probe-val-images", "0"], "--probe-val-images 0 is invalid"),
+    ("pretrain_table", ["--rows", "simclr,nope"], "--rows 'simclr,nope' is invalid"),
+    ("pretrain_table", ["--set", "gamma"], "--set 'gamma' is invalid: expected FIELD=VALUE"),
+    ("pretrain_table", ["--set", "seed=3"], "--set 'seed=3' is invalid: expected a field other than seed"),
+    ("pretrain_table", ["--set", "lr=fast"], "--set 'lr=fast' is invalid"),
+    ("pretrain_table", ["--set", "obs_size=0"], "--set obs_size=...: --obs-size 0 is invalid"),
+    ("pretrain_table", ["--buffer-size", "0"], "--buffer-size 0 is invalid"),
+])
+def test_each_invalid_value_names_its_own_flag(script, argv, message, capsys):
+    module = __import__(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -309,7 +309,8 @@ def test_cli_rejects_bad_values(tiny_shapes, tmp_path, capsys, flag, value):
     args[flag] = value
     with pytest.raises(SystemExit) as exit_info:
         main([item for pair in args.items() for item in pair])
-    assert exit_info.value.code == 2 and value in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and value in err and flag in err  # the message names the flag and its value
 
 
 def test_collector_refuses_other_autoreset_modes(tiny_shapes):

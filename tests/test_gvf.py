@@ -9,7 +9,9 @@ import torch
 
 from agents import gvf
 from agents.config import PretrainConfig
-from agents.pretrain import build_network, learning_rate, next_view_params, parameter_groups
+from agents.network import build_network
+from agents.pretrain import learning_rate, next_view_params, parameter_groups
+from agents.sources import soft_cross_entropy
 
 
 def _distributions(*shape, seed=0):
@@ -64,13 +66,14 @@ def test_td_target_has_no_gradient_and_checks_arguments():
 
 
 def test_bootstrap_loss_is_cross_entropy():
+    """The bootstrapping loss CE(y, Q) is sources.soft_cross_entropy, the function of the base losses."""
     logits = torch.randn(4, 5)
     target = _distributions(4, 5)
     expected = -sum((target[i] * torch.log_softmax(logits[i], -1)).sum() for i in range(4)) / 4
-    torch.testing.assert_close(gvf.bootstrap_loss(logits, target), expected)
+    torch.testing.assert_close(soft_cross_entropy(logits, target), expected)
     # Minimised when Q equals the target.
-    at_target = gvf.bootstrap_loss(target.log(), target)
-    assert at_target < gvf.bootstrap_loss(logits, target)
+    at_target = soft_cross_entropy(target.log(), target)
+    assert at_target < soft_cross_entropy(logits, target)
 
 
 def test_ema_update():

@@ -14,6 +14,7 @@ import torch
 from agents.checkpoint import CheckpointError, load_checkpoint, load_encoder, load_network
 from agents.config import PretrainConfig, parse_config
 from agents.pretrain import main, train
+from view_env import default_canvas_size
 from view_env.data.shapes import CATEGORIES
 
 
@@ -43,7 +44,7 @@ def test_the_prototype_source_trains(tiny_shapes, tmp_path):
     config = tiny(tiny_shapes, tmp_path, annotations="prototypes", total_steps=20, lr=3e-3, buffer_size=256,
                   batch_size=16)
     torch.manual_seed(config.seed)
-    from agents.pretrain import build_network
+    from agents.network import build_network
 
     initial = build_network(config, len(CATEGORIES)).state_dict()
     summary = train(config)
@@ -154,6 +155,28 @@ def test_bad_arguments(tiny_shapes, tmp_path, capsys):
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, value", [
+    *((name, 0) for name in ("obs_size", "embed_dim", "num_next_actions", "action_bins", "total_steps",
+                             "batch_size", "buffer_size", "num_envs", "max_episode_steps", "checkpoint_every",
+                             "num_prototypes", "value_depth", "value_dim", "probe_train_images")),
+    ("env", "mnist"), ("annotations", "pixels"), ("encoder", "vgg"), ("pool", "max"), ("gamma", 1.0),
+    ("backup", "softmax"), ("bootstrap_weight", -1.0), ("replay_ratio", 0.0), ("policy", "greedy"), ("views", 1),
+    ("crop_scale", (0.5, 0.1)), ("crop_ratio", (2.0, 1.0)), ("ema_momentum", 1.5), ("lr", 0.0),
+    ("weight_decay", -1.0), ("warmup_steps", -1), ("num_workers", -1), ("augmentations", ("sepia",)),
+])
+def test_each_invalid_field_names_its_own_flag(name, value):
+    """Every check of PretrainConfig reports the field it checks (not a neighbour checked in the same breath)."""
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(ValueError, match=rf"^{flag} .* is invalid: expected ") as error:
+        PretrainConfig(**{name: value})
+    assert str(error.value).startswith(f"{flag} {value!r} is invalid")
+
+
+def test_a_view_size_the_environment_refuses_names_the_flag():
+    with pytest.raises(ValueError, match=r"^--obs-size 4: obs_size=4 is invalid: expected an integer >= 8"):
+        PretrainConfig(obs_size=4)
+
+
 def test_command_line_runs_and_probes(tiny_shapes, tmp_path, capsys):
     args = ["--root", str(tiny_shapes), "--value-dim", "32", "--obs-size", "32",
             "--embed-dim", "32", "--value-depth", "1", "--total-steps", "3", "--batch-size", "8",
@@ -171,11 +194,17 @@ def test_probe_command_on_a_real_checkpoint(tiny_shapes, tmp_path, capsys):
     from agents import probe
 
     train(tiny(tiny_shapes, tmp_path, total_steps=2))
-    scores = probe.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(tmp_path / "p.json"),
-                         "--epochs", "5", "--no-progress"])
-    assert set(scores) >= {"presence_map", "box_top1", "knn_top1", "count_acc", "count_mae"}
-    assert json.loads((tmp_path / "p.json").read_text())["scores"] == scores
-    assert "presence_map" in capsys.readouterr().out
+    assert probe.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(tmp_path / "p.json"),
+                       "--epochs", "5", "--no-progress"]) == 0
+    record = json.loads((tmp_path / "p.json").read_text())
+    assert set(record["scores"]) >= {"presence_map", "box_top1", "knn_top1", "count_acc", "count_mae"}
+    assert record["canvas_size"] == default_canvas_size(record["view_size"])  # the environment's canvas rule
+    out = capsys.readouterr().out
+    assert "presence_map" in out and f"{record['scores']['presence_map']:.4f}" in out
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert probe.main(["--checkpoint", str(corrupt), "--no-progress"]) == 2
+    assert "corrupt" in capsys.readouterr().err
 
 
 def test_training_from_collected_shards(tiny_shapes, tmp_path):

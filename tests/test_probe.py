@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import types
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from agents import probe
+from agents.models import IMAGENET_MEAN, IMAGENET_STD
 from agents.probe import (
     COLOUR_GRID,
     AttentiveProbe,
@@ -176,8 +176,8 @@ def test_extract_features_normalises_and_restores_mode():
     encoder.train()
     features = extract_features(encoder, views, batch_size=3)
     assert encoder.training and features.shape == (10, 192) and features.dtype == torch.float32
-    mean = torch.tensor(probe.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(probe.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     expected = ((views.float() / 255 - mean) / std).flatten(1) / (1 + 1e-5) ** 0.5  # fresh BN in eval: identity
     torch.testing.assert_close(features, expected)
     plain = extract_features(lambda x: x.mean((2, 3)), views, batch_size=4)  # any callable works
@@ -204,7 +204,7 @@ def fake_loader(monkeypatch, tiny_shapes):
         calls.append((str(path), device))
         return _tiny_encoder(), {"env": "shapes", "root": str(tiny_shapes), "obs_size": 32}
 
-    monkeypatch.setitem(sys.modules, "agents.checkpoint", types.SimpleNamespace(load_encoder=load_encoder))
+    monkeypatch.setattr(probe, "load_encoder", load_encoder)
     return calls
 
 
@@ -212,11 +212,18 @@ def test_cli_prints_a_table_and_writes_json(tiny_shapes, tmp_path, fake_loader, 
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"stand-in")
     out = tmp_path / "results" / "probes.json"
-    scores = probe.main(["--checkpoint", str(checkpoint), "--out", str(out), "--canvas-size", "64", "--epochs", "2",
-                         "--attentive-epochs", "2", "--max-images", "20", "--no-progress"])
+    assert probe.main(["--checkpoint", str(checkpoint), "--out", str(out), "--canvas-size", "64", "--epochs", "2",
+                       "--attentive-epochs", "2", "--max-images", "20", "--no-progress"]) == 0
     assert fake_loader == [(str(checkpoint), "cpu")]
     record = json.loads(out.read_text())
-    assert record["scores"] == scores and record["view_size"] == 32  # the config's data and view size
+    scores = record["scores"]
+    assert list(scores) == ["presence_map", "box_top1", "knn_top1", "count_acc", "count_mae", "attn_presence_map",
+                            "attn_box_top1"]
+    # The public function returns the record main writes (the probes are deterministic on CPU).
+    config = probe.ProbeConfig(checkpoint=checkpoint, canvas_size=64, epochs=2, attentive_epochs=2, max_images=20,
+                               progress=False)
+    assert probe.probe_checkpoint(config) == record
+    assert record["view_size"] == 32 and record["canvas_size"] == 64  # the config's data and view size
     assert record["dataset"] == "shapes" and record["root"] == str(tiny_shapes)
     assert record["images"] == {"train": 20, "val": 8}
     assert record["min_crop_area"] == probe.MIN_CROP_AREA and record["attentive_epochs"] == 2
@@ -232,9 +239,10 @@ def test_cli_prints_a_table_and_writes_json(tiny_shapes, tmp_path, fake_loader, 
 
 def test_cli_missing_checkpoint_names_it(tmp_path, fake_loader, capsys):
     missing = tmp_path / "nowhere" / "model.pt"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         probe.main(["--checkpoint", str(missing)])
-    assert str(missing) in capsys.readouterr().err and fake_loader == []
+    assert exit_info.value.code == 2 and f"--checkpoint {missing} is invalid" in capsys.readouterr().err
+    assert fake_loader == []
 
 
 def test_bad_inputs_raise_value_errors_naming_the_value(banks):
@@ -275,10 +283,8 @@ def test_bad_inputs_raise_value_errors_naming_the_value(banks):
 def test_cli_refuses_a_dataset_without_labels(tmp_path, monkeypatch, capsys):
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"stand-in")
-    loader = types.SimpleNamespace(load_encoder=lambda path, device: (_tiny_encoder(), {"env": "images"}))
-    monkeypatch.setitem(sys.modules, "agents.checkpoint", loader)
-    with pytest.raises(SystemExit):
-        probe.main(["--checkpoint", str(checkpoint)])
+    monkeypatch.setattr(probe, "load_encoder", lambda path, device: (_tiny_encoder(), {"env": "images"}))
+    assert probe.main(["--checkpoint", str(checkpoint)]) == 2
     assert "'images', which has no labels" in capsys.readouterr().err
 
 
@@ -517,3 +523,21 @@ def test_new_inputs_raise_value_errors_naming_the_value(banks, data):
         probe_encoders({COLOUR_GRID: _tiny_encoder()}, data, progress=False)
     with pytest.raises(ValueError, match="encoders is empty"):
         probe_encoders({}, data, colour_grid=False)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max-images", "0", "--max-images 0 is invalid: expected an integer >= 1"),
+    ("--view-size", "0", "--view-size 0 is invalid"),
+    ("--canvas-size", "0", "--canvas-size 0 is invalid"),
+    ("--epochs", "0", "--epochs 0 is invalid"),
+    ("--attentive-epochs", "0", "--attentive-epochs 0 is invalid"),
+    ("--min-crop-area", "1.5", "--min-crop-area 1.5 is invalid: expected a fraction of the image's area in [0, 1]"),
+    ("--dataset", "images", "argument --dataset: invalid choice: 'images'"),
+    ("--seed", "x", "argument --seed: invalid int value: 'x'"),
+])
+def test_cli_names_the_flag_of_each_bad_value(tmp_path, fake_loader, capsys, flag, value, message):
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"stand-in")
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(["--checkpoint", str(checkpoint), flag, value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err and fake_loader == []

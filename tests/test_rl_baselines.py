@@ -81,7 +81,7 @@ def test_worker_processes_give_the_results_of_one_process(tiny_shapes, tmp_path,
 def test_bad_worker_count_is_refused(capsys):
     with pytest.raises(SystemExit):
         rl_baselines.main(["--workers", "0"])
-    assert "--workers=0 is invalid" in capsys.readouterr().err
+    assert "--workers 0 is invalid: expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_write_docs_replaces_only_its_own_section(tmp_path, monkeypatch):
@@ -111,4 +111,4 @@ def test_write_docs_replaces_only_its_own_section(tmp_path, monkeypatch):
 def test_json_that_is_a_directory_is_refused_before_any_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         rl_baselines.main(["--json", str(tmp_path)])
-    assert f"--json {tmp_path} is a directory" in capsys.readouterr().err
+    assert f"--json {tmp_path} is invalid: expected a file path, not a directory" in capsys.readouterr().err

@@ -25,10 +25,11 @@ from view_env.core import (
     strength_to_aug,
 )
 from view_env.data import default_canvas_size
+from view_env.render import render_views
 
 __all__ = [
     "AUGMENTATIONS", "AUG_RANGES", "BOOLEAN_AUGS", "ENV_IDS", "IDENTITY", "EnvParams", "augment", "default_canvas_size",
-    "identity_aug", "initial_boxes", "strength_to_aug",
+    "identity_aug", "initial_boxes", "render_views", "strength_to_aug",
 ]
 
 __version__ = "0.1.0"

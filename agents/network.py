@@ -1,0 +1,56 @@
+"""The pretrainer's network built from its configuration: encoder, annotation source and value head in a
+:class:`agents.gvf.GVFNetwork`.
+
+It sits between the configuration and everything that needs the network: ``config -> network -> checkpoint ->
+pretrain``, and the probes read the network back through :mod:`agents.checkpoint`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from agents.config import PretrainConfig
+from agents.gvf import GVFNetwork
+from agents.models import CaptionTokenizer, build_encoder
+from agents.sources import CaptionSource, LabelSource, PrototypeSource, ViewSource
+
+#: Fields that define the network: a checkpoint resumes only under the same values.
+MODEL_FIELDS = ("annotations", "encoder", "encoder_depth", "encoder_dim", "patch_size", "pool", "obs_size", "embed_dim",
+                "action_tokens", "action_bins", "value_depth", "value_dim", "num_prototypes")
+
+
+def build_network(config: PretrainConfig, num_categories: int, tokenizer: CaptionTokenizer | None = None
+                  ) -> GVFNetwork:
+    """The online network described by ``config`` (parameters drawn from the current torch seed).
+
+    Args:
+        config: The run; only the fields in :data:`MODEL_FIELDS` matter.
+        num_categories: Categories of the ``labels`` source (the environment's annotation width).
+        tokenizer: The caption vocabulary, needed by the ``captions`` source.
+
+    Raises:
+        ValueError: ``annotations="captions"`` without a tokenizer, or an encoder setting its builder refuses.
+    """
+    overrides: dict[str, Any] = {}
+    if config.encoder.startswith("vit"):
+        overrides = {k: v for k, v in {"depth": config.encoder_depth, "dim": config.encoder_dim}.items()
+                     if v is not None}
+        overrides["pool"] = config.pool
+        if "dim" in overrides:
+            overrides["heads"] = max(1, overrides["dim"] // 64)
+    encoder = build_encoder(config.encoder, config.obs_size, config.patch_size, **overrides)
+    d = config.embed_dim
+    if config.annotations == "views":
+        source: nn.Module = ViewSource(encoder.dim, d)
+    elif config.annotations == "prototypes":
+        source = PrototypeSource(encoder.dim, d, num_prototypes=config.num_prototypes)
+    elif config.annotations == "captions":
+        if tokenizer is None:
+            raise ValueError("annotations='captions' needs a caption tokenizer built from the dataset's captions")
+        source = CaptionSource(tokenizer, d)
+    else:
+        source = LabelSource(num_categories, d)
+    return GVFNetwork(encoder, source, d, action_bins=config.action_bins, value_depth=config.value_depth,
+                      action_tokens=config.action_tokens, value_dim=config.value_dim)
