@@ -351,7 +351,7 @@ def test_non_contiguous_bank(device: str, backend: str, bank: torch.Tensor) -> N
 
 def test_backends_agree(bank: torch.Tensor) -> None:
     if not render.native_backend_available():
-        pytest.skip(f"the compiled CPU kernel is unavailable here: {render._native_status()}")
+        pytest.skip(f"the compiled CPU kernel is unavailable here: {render.native.KERNEL.status}")
     n = 64
     generator = torch.Generator().manual_seed(7)
     corner = torch.rand(n, 2, generator=generator) * 0.7
@@ -376,7 +376,7 @@ def test_unavailable_compiler_falls_back_to_torch(
     monkeypatch.delenv("VIEW_ENV_NATIVE", raising=False)
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("VIEW_ENV_CACHE", str(tmp_path))
-    render._native_library.cache_clear()
+    render.native.KERNEL.reset()
     try:
         with pytest.warns(RuntimeWarning, match="compiled CPU renderer is unavailable"):
             assert not render.native_backend_available()
@@ -385,7 +385,7 @@ def test_unavailable_compiler_falls_back_to_torch(
             render_views(bank, index, boxes, 16, backend="native")
     finally:
         monkeypatch.undo()
-        render._native_library.cache_clear()
+        render.native.KERNEL.reset()
 
 
 def test_native_backend_is_cpu_only() -> None:
