@@ -1,10 +1,17 @@
 // Fused view renderer: crop + antialiased resize, flip, colour jitter, grayscale, Gaussian blur, uint8 out.
-// Each thread renders whole views one at a time, so every intermediate of a view stays in cache.
+// Each thread renders whole views one at a time, so every intermediate of a view stays in cache. The threads are a
+// persistent pool, asleep between calls. Built and called by view_env/render/native.py.
+#include <pthread.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -340,10 +347,103 @@ void render_one(const Args& p, int64_t v, Scratch& s) {
   }
 }
 
+// A persistent pool of worker threads: started on first use, asleep between jobs, resized when a job asks for a
+// different number of threads (the caller passes torch.get_num_threads()). One job at a time: concurrent callers
+// take turns, each job using all the threads.
+class WorkerPool {
+ public:
+  explicit WorkerPool(pid_t owner) : owner_(owner) {}
+  pid_t owner() const { return owner_; }
+
+  // Runs job on the calling thread and on helpers of the pool's workers, which it first resizes to workers
+  // threads; returns when all of them have finished. job must not throw.
+  void run(int64_t workers, int64_t helpers, const std::function<void()>& job) {
+    std::lock_guard<std::mutex> turn(turn_);
+    resize(workers);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &job;
+      active_ = std::min<int64_t>(helpers, static_cast<int64_t>(threads_.size()));
+      running_ = active_;
+      ++generation_;
+    }
+    wake_.notify_all();
+    job();
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return running_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  // Called between jobs only (under turn_), so no worker is inside a job.
+  void resize(int64_t workers) {
+    if (workers == wanted_) return;
+    wanted_ = workers;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      limit_ = workers;  // workers at this index or above leave
+    }
+    wake_.notify_all();
+    while (static_cast<int64_t>(threads_.size()) > workers) {
+      threads_.back().join();
+      threads_.pop_back();
+    }
+    try {
+      while (static_cast<int64_t>(threads_.size()) < workers) {
+        threads_.emplace_back(&WorkerPool::work, this, static_cast<int64_t>(threads_.size()), generation_);
+      }
+    } catch (...) {
+      // No more threads to be had: those there are share the views.
+    }
+  }
+
+  void work(int64_t index, uint64_t seen) {
+#if defined(__linux__)
+    pthread_setname_np(pthread_self(), "view_env-render");  // what top -H and /proc/<pid>/task/*/comm show
+#endif
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return index >= limit_ || generation_ != seen; });
+      if (index >= limit_) return;
+      seen = generation_;
+      if (index >= active_) continue;  // a job with fewer views than threads
+      const std::function<void()>& job = *job_;
+      lock.unlock();
+      job();
+      lock.lock();
+      if (--running_ == 0) done_.notify_one();
+    }
+  }
+
+  const pid_t owner_;
+  std::mutex turn_;   // held for a whole job
+  std::mutex mutex_;  // guards the fields below
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> threads_;
+  int64_t wanted_ = 0, limit_ = 0, active_ = 0, running_ = 0;
+  uint64_t generation_ = 0;  // counts jobs
+  const std::function<void()>* job_ = nullptr;
+};
+
+// The pool of this process. A child made by fork() inherits the parent's pool object but none of its threads, so
+// it starts a pool of its own; the parent's is leaked there (joining or destroying its threads is not possible).
+WorkerPool& process_pool() {
+  static std::atomic<WorkerPool*> pool{nullptr};
+  const pid_t pid = getpid();
+  WorkerPool* current = pool.load(std::memory_order_acquire);
+  while (current == nullptr || current->owner() != pid) {
+    auto* fresh = new WorkerPool(pid);
+    if (pool.compare_exchange_strong(current, fresh, std::memory_order_acq_rel)) return *fresh;
+    delete fresh;  // another thread of this process got there first: current is now its pool
+  }
+  return *current;
+}
+
 }  // namespace
 
-// Renders views [0, n) into out (uint8 [n, 3, size, size]) on up to num_threads threads. Null augmentation
-// pointers mean identity. Returns 0, or -1 when a worker failed (out of memory).
+// Renders views [0, n) into out (uint8 [n, 3, size, size]) on up to num_threads threads, the caller's included.
+// Null augmentation pointers mean identity. Returns 0, or -1 when rendering failed (out of memory).
+// native.py's RENDER_PARAMETERS states these parameters for ctypes; tests/test_render.py checks that they agree.
 extern "C" int view_env_render(const uint8_t* bank, int64_t canvas, const int64_t* index, const float* boxes,
                                int64_t n, int64_t size, const uint8_t* flip, const float* brightness,
                                const float* contrast, const float* saturation, const float* hue,
@@ -353,7 +453,7 @@ extern "C" int view_env_render(const uint8_t* bank, int64_t canvas, const int64_
                   blur_sigma, blur_radius, out};
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
-  auto work = [&]() {
+  const std::function<void()> job = [&]() noexcept {
     try {
       Scratch scratch;
       for (int64_t v = next.fetch_add(1); v < n; v = next.fetch_add(1)) render_one(args, v, scratch);
@@ -362,13 +462,11 @@ extern "C" int view_env_render(const uint8_t* bank, int64_t canvas, const int64_
       next = n;
     }
   };
-  std::vector<std::thread> workers;
+  const int64_t threads = std::max<int64_t>(num_threads, 1);
   try {
-    for (int64_t t = 1; t < std::min<int64_t>(num_threads, n); ++t) workers.emplace_back(work);
-  } catch (...) {
-    // No more threads to be had: those already started and this one share the views.
+    process_pool().run(threads - 1, std::min(threads, n) - 1, job);
+  } catch (...) {  // no pool to be had (out of memory, or its lock failed): the caller renders alone
+    if (next.load() == 0) job();
   }
-  work();
-  for (auto& worker : workers) worker.join();
   return failed ? -1 : 0;
 }
