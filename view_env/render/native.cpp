@@ -360,11 +360,16 @@ class WorkerPool {
   void run(int64_t workers, int64_t helpers, const std::function<void()>& job) {
     std::lock_guard<std::mutex> turn(turn_);
     resize(workers);
+    helpers = std::min<int64_t>(helpers, static_cast<int64_t>(threads_.size()));
+    if (helpers <= 0) {  // one view, or one thread: no worker is woken
+      job();
+      return;
+    }
     {
       std::lock_guard<std::mutex> lock(mutex_);
       job_ = &job;
-      active_ = std::min<int64_t>(helpers, static_cast<int64_t>(threads_.size()));
-      running_ = active_;
+      active_ = helpers;
+      running_ = helpers;
       ++generation_;
     }
     wake_.notify_all();

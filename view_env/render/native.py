@@ -218,7 +218,7 @@ def _c_arguments(arguments: dict[str, object]) -> list[object]:
         if dtype is None or value is None:
             values.append(value)
             continue
-        if not isinstance(value, torch.Tensor) or value.dtype != dtype or value.device.type != "cpu":
+        if not isinstance(value, torch.Tensor) or value.dtype != dtype or not value.is_cpu:
             raise TypeError(f"view_env_render's {name} must be a {dtype} CPU tensor, got {value!r:.80}")
         arguments[name] = value = value.contiguous()
         values.append(value.data_ptr())
