@@ -13,8 +13,17 @@ PSNR bounds, in dB on uint8 pixels:
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import fnmatch
 import math
+import os
+import re
+import shutil
+import signal
+import time
+import warnings
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +33,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from view_env import render
-from view_env.render import ViewAug, blur_kernel_size, render_views
+from view_env.render import ViewAug, blur_kernel_size, native, render_views
 
 EXACT_DB = 45.0
 BORDER_DB = 30.0
@@ -351,7 +360,7 @@ def test_non_contiguous_bank(device: str, backend: str, bank: torch.Tensor) -> N
 
 def test_backends_agree(bank: torch.Tensor) -> None:
     if not render.native_backend_available():
-        pytest.skip(f"the compiled CPU kernel is unavailable here: {render._native_status()}")
+        pytest.skip(f"the compiled CPU kernel is unavailable here: {render.native.KERNEL.status}")
     n = 64
     generator = torch.Generator().manual_seed(7)
     corner = torch.rand(n, 2, generator=generator) * 0.7
@@ -376,7 +385,7 @@ def test_unavailable_compiler_falls_back_to_torch(
     monkeypatch.delenv("VIEW_ENV_NATIVE", raising=False)
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("VIEW_ENV_CACHE", str(tmp_path))
-    render._native_library.cache_clear()
+    render.native.KERNEL.reset()
     try:
         with pytest.warns(RuntimeWarning, match="compiled CPU renderer is unavailable"):
             assert not render.native_backend_available()
@@ -385,7 +394,7 @@ def test_unavailable_compiler_falls_back_to_torch(
             render_views(bank, index, boxes, 16, backend="native")
     finally:
         monkeypatch.undo()
-        render._native_library.cache_clear()
+        render.native.KERNEL.reset()
 
 
 def test_native_backend_is_cpu_only() -> None:
@@ -400,6 +409,146 @@ def test_native_backend_is_cpu_only() -> None:
             8,
             backend="native",
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The native kernel: its source file, its C signature, its threads
+
+#: What each C parameter type of view_env_render is declared as in Python: ctypes type and tensor dtypes.
+C_TYPES: dict[str, tuple[type, tuple[torch.dtype, ...]]] = {
+    "int64_t": (ctypes.c_int64, ()),
+    "const uint8_t*": (ctypes.c_void_p, (torch.uint8, torch.bool)),
+    "const int64_t*": (ctypes.c_void_p, (torch.int64,)),
+    "const float*": (ctypes.c_void_p, (torch.float32,)),
+    "uint8_t*": (ctypes.c_void_p, (torch.uint8,)),
+}
+
+
+def _require_native() -> None:
+    if not render.native_backend_available():
+        pytest.skip(f"the compiled CPU kernel is unavailable here: {render.native.KERNEL.status}")
+
+
+def _render_threads() -> set[str]:
+    """Thread ids of the native kernel's workers (they name themselves ``view_env-render``)."""
+    tasks = Path("/proc/self/task")
+    named = set()
+    for task in tasks.iterdir():
+        try:
+            if (task / "comm").read_text().strip() == "view_env-render":
+                named.add(task.name)
+        except OSError:  # the thread ended meanwhile
+            continue
+    return named
+
+
+def _process_threads() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
+
+
+def test_native_source_is_package_data() -> None:
+    source = resources.files("view_env.render").joinpath(native.SOURCE)
+    assert source.is_file()
+    assert 'extern "C" int view_env_render(' in native.source_text()
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["view_env.render"]
+    assert any(fnmatch.fnmatch(native.SOURCE, pattern) for pattern in patterns)  # so that a wheel ships it
+
+
+def test_native_kernel_builds_from_the_source_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bank: torch.Tensor
+) -> None:
+    if not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")):
+        pytest.skip("no C++ compiler here (looked for $CXX, g++, clang++, c++)")
+    monkeypatch.delenv("VIEW_ENV_NATIVE", raising=False)
+    monkeypatch.setenv("VIEW_ENV_CACHE", str(tmp_path))
+    kernel = native.NativeKernel()  # a fresh one: the process-wide KERNEL keeps its library
+    assert kernel.status == "not tried yet"
+    library = kernel.library()
+    assert library is not None, kernel.status
+    assert kernel.status == "available"
+    built = list((tmp_path / "native").glob("render-*.so"))
+    assert len(built) == 1 and Path(library._name) == built[0]
+    assert kernel.library() is library  # built once
+    index, boxes = torch.tensor([0, 3]), torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.7, 0.9]])
+    aug = random_aug(2, seed=3)
+    expected = render_views(bank, index, boxes, 24, aug, backend="torch")
+    assert (kernel.render(bank, index, boxes, 24, aug).int() - expected.int()).abs().max() <= 1
+
+
+def test_signature_table_matches_the_cpp_declaration() -> None:
+    declaration = re.search(r'extern "C" int view_env_render\(([^)]*)\)', native.source_text())
+    assert declaration is not None
+    parameters = [" ".join(p.split()) for p in declaration.group(1).split(",")]
+    declared = [re.fullmatch(r"(.+?\*?)\s*(\w+)", p).groups() for p in parameters]  # [(C type, name)]
+    assert [name for _, name in declared] == [name for name, _, _ in native.RENDER_PARAMETERS]
+    for (c_type, name), (_, ctype, dtype) in zip(declared, native.RENDER_PARAMETERS, strict=True):
+        expected_ctype, dtypes = C_TYPES[c_type.replace(" *", "*")]
+        assert ctype is expected_ctype, name
+        assert (dtype in dtypes) if dtypes else dtype is None, name
+    _require_native()
+    function = render.native.KERNEL.library().view_env_render
+    assert function.argtypes == [ctype for _, ctype, _ in native.RENDER_PARAMETERS]
+    assert function.restype is ctypes.c_int
+
+
+def test_native_threads_persist_and_follow_torch_num_threads(bank: torch.Tensor) -> None:
+    _require_native()
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs /proc to count threads")
+    n = 12
+    generator = torch.Generator().manual_seed(5)
+    corner = torch.rand(n, 2, generator=generator) * 0.6
+    boxes = torch.cat([corner, corner + 0.05 + torch.rand(n, 2, generator=generator) * 0.35], 1)
+    index, aug = torch.randint(0, bank.shape[0], (n,), generator=generator), random_aug(n, seed=6)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = render_views(bank, index, boxes, 32, aug, backend="native")
+        others = _render_threads()  # workers of other copies of the library, e.g. one built into a temporary cache
+        torch.set_num_threads(3)
+        assert torch.equal(render_views(bank, index, boxes, 32, aug, backend="native"), expected)
+        workers, threads = _render_threads() - others, _process_threads()
+        assert len(workers) == 2  # the caller renders too
+        for _ in range(50):
+            assert torch.equal(render_views(bank, index, boxes, 32, aug, backend="native"), expected)
+        assert _render_threads() - others == workers  # the same threads, not new ones per call
+        assert _process_threads() <= threads
+        for num_threads, expected_workers in ((1, 0), (4, 3), (2, 1)):
+            torch.set_num_threads(num_threads)
+            assert torch.equal(render_views(bank, index, boxes, 32, aug, backend="native"), expected)
+            deadline = time.monotonic() + 5.0  # a joined thread may linger in /proc for a moment
+            while len(_render_threads() - others) != expected_workers and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(_render_threads() - others) == expected_workers
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_native_kernel_renders_in_a_forked_child(bank: torch.Tensor) -> None:
+    """A child made by fork() has the parent's pool object but not its threads: it must start its own."""
+    _require_native()
+    if not hasattr(os, "fork"):
+        pytest.skip("needs os.fork")
+    index, boxes = torch.tensor([0, 1, 2, 3]), torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 4)
+    aug = random_aug(4, seed=9)
+    expected = render_views(bank, index, boxes, 20, aug, backend="native")  # the parent's pool is running
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a multi-threaded process
+        pid = os.fork()
+    if pid == 0:
+        ok = torch.equal(render_views(bank, index, boxes, 20, aug, backend="native"), expected)
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60.0
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("rendering in a forked child hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the forked child rendered different views"
 
 
 # ----------------------------------------------------------------------------------------------------------------
