@@ -94,7 +94,18 @@ def test_render_speed_main_returns_an_exit_status(capsys):
     assert row.count("|") == 14
 
 
+def test_coverage_speed_prints_a_row_per_setting(capsys):
+    import coverage_speed
+
+    assert coverage_speed.main(["--num-envs", "3", "--boxes", "2", "5", "--repeats", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["2", "5"]
+    assert all(float(row.split("|")[5]) > 0 for row in rows)
+
+
 @pytest.mark.parametrize("script, argv, message", [
+    ("coverage_speed", ["--boxes", "0"], "--boxes [0] is invalid: expected integers >= 1"),
+    ("coverage_speed", ["--grid", "1"], "--grid 1 is invalid: expected an integer >= 2"),
     ("env_throughput", ["--images", "0"], "--images 0 is invalid: expected an integer >= 1"),
     ("env_throughput", ["--seconds", "0"], "--seconds 0.0 is invalid: expected a number > 0"),
     ("env_throughput", ["--num-envs", "4", "0"], "--num-envs [4, 0] is invalid: expected integers >= 1"),

@@ -304,3 +304,74 @@ def test_state_and_data_are_frozen_and_the_task_is_checked():
         core.EnvParams(task=42)
     with pytest.raises(ValueError, match="needs obs_mode='dict'"):
         core.EnvParams(task="search")
+
+
+# ------------------------------------------------------------------------------------------ exact annotations
+
+
+def _shapely_coverage(view, boxes, labels, num_categories):
+    """Reference: shapely's polygon union of each category's boxes, clipped to the view, over the view's area."""
+    from shapely.geometry import box as rectangle
+    from shapely.ops import unary_union
+
+    out = torch.zeros(len(view), num_categories, dtype=torch.float64)
+    for i in range(len(view)):
+        window = rectangle(*view[i].tolist())
+        for c in range(num_categories):
+            parts = [rectangle(*boxes[i, j].tolist()) for j in range(boxes.shape[1]) if labels[i, j] == c]
+            if parts:
+                out[i, c] = unary_union(parts).intersection(window).area / window.area
+    return out
+
+
+def _random_boxes(n, m, generator, low=0.0, high=1.0):
+    corners = low + (high - low) * torch.rand(n, m, 2, 2, generator=generator)
+    return torch.cat([corners.amin(2), corners.amax(2)], dim=-1)
+
+
+@pytest.mark.parametrize("case", ["random", "one-category-overlapping", "tiny-objects", "padding-and-outside"])
+def test_exact_coverage_matches_polygon_clipping(case):
+    g = torch.Generator().manual_seed({"random": 0, "one-category-overlapping": 1, "tiny-objects": 2,
+                                       "padding-and-outside": 3}[case])
+    n, m, a = 64, 6, 4
+    views = _random_boxes(n, 1, g)[:, 0]
+    boxes = _random_boxes(n, m, g)
+    labels = torch.randint(0, a, (n, m), generator=g)
+    if case == "one-category-overlapping":  # every box of category 2, most of them overlapping each other
+        labels[:] = 2
+        boxes = _random_boxes(n, m, g, 0.3, 0.7)
+    elif case == "tiny-objects":  # objects smaller than 1% of the view, inside it
+        w, h = views[:, 2:3] - views[:, 0:1], views[:, 3:4] - views[:, 1:2]
+        side = 0.08 * torch.rand(n, m, 2, generator=g)  # at most 0.08 x 0.08 = 0.64% of the view
+        corner = torch.rand(n, m, 2, generator=g) * (1 - side)
+        x0, y0 = views[:, 0:1] + corner[..., 0] * w, views[:, 1:2] + corner[..., 1] * h
+        boxes = torch.stack([x0, y0, x0 + side[..., 0] * w, y0 + side[..., 1] * h], dim=-1)
+    elif case == "padding-and-outside":  # padded rows (-1, zero boxes) last; some boxes entirely outside the view
+        labels[:, 4:] = -1
+        boxes[:, 4:] = 0
+        boxes[:, 0] = torch.tensor([1.5, 1.5, 2.0, 2.0])
+    got = core.coverage(views, boxes, labels, a)
+    reference = _shapely_coverage(views, boxes, labels, a)
+    torch.testing.assert_close(got.double(), reference, rtol=0, atol=1e-5)
+    if case == "tiny-objects":
+        assert (got.sum(1) > 0).all(), "an object smaller than one grid cell must still be seen"
+        assert float(reference.max()) < 0.065
+
+
+def test_exact_coverage_hand_computed_and_where_the_grid_is_wrong():
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.25, 0.25], [0.5, 0.5, 1.0, 1.0], [0.9, 0.1, 0.93, 0.13]]])
+    labels = torch.tensor([[0, 1, 0, 2]])
+    whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    # car: 0.5 + 0.25; person 1/16; the speck (category 2) 0.03 x 0.03, which no point of a 16 x 16 grid hits.
+    torch.testing.assert_close(core.coverage(whole, boxes, labels, 3), torch.tensor([[0.75, 1 / 16, 0.0009]]))
+    assert float(core.grid_coverage(whole, boxes, labels, 3, grid=16)[0, 2]) == 0.0
+    # A view over the car's right edge (x 0.4 to 0.5 of it) holding the whole speck: view area 0.6 x 0.2.
+    view = torch.tensor([[0.4, 0.0, 1.0, 0.2]])
+    expected = torch.tensor([[0.1 * 0.2 / 0.12, 0.0, 0.03 * 0.03 / 0.12]])
+    torch.testing.assert_close(core.coverage(view, boxes, labels, 3), expected)
+    # The grid mode stays available, and is what coverage(grid=G) and EnvParams(coverage_grid=G) select.
+    torch.testing.assert_close(core.coverage(view, boxes, labels, 3, grid=8),
+                               core.grid_coverage(view, boxes, labels, 3, 8))
+    assert core.EnvParams().coverage_grid is None
+    with pytest.raises(ValueError, match="coverage_grid=1 is invalid"):
+        core.EnvParams(coverage_grid=1)

@@ -77,7 +77,9 @@ class EnvParams:
         init_augment: Begin each episode with every enabled augmentation at a random strength, drawn uniformly in
             ``[-1, 1]`` as a uniform continuous action would (see :func:`strength_to_aug`); ``False`` begins at the
             identity.
-        coverage_grid: Annotations are measured on a ``G x G`` grid of points inside the view.
+        coverage_grid: ``None`` (default): annotations are exact areas (:func:`coverage`); ``G``: measured on a
+            ``G x G`` grid of points inside the view, an approximation to ``1 / G**2`` (:func:`grid_coverage`),
+            faster only for images with many boxes (about 32 or more per image).
         success_coverage: Search succeeds when the target covers this fraction of the view (or, for targets too
             small to reach it at ``min_scale``, 80% of what they can reach).
         task: The reward: ``"none"`` (reward-free), ``"search"`` (needs ``obs_mode="dict"``; see
@@ -100,7 +102,7 @@ class EnvParams:
     init_scale: tuple[float, float] = (0.25, 1.0)
     init_aspect: tuple[float, float] = (3 / 4, 4 / 3)
     init_augment: bool = False
-    coverage_grid: int = 16
+    coverage_grid: int | None = None
     success_coverage: float = 0.3
     task: Task = "none"
 
@@ -129,7 +131,8 @@ class EnvParams:
         need(len(self.init_aspect) == 2 and 0 < self.init_aspect[0] <= self.init_aspect[1], "init_aspect",
              "(low, high) with 0 < low <= high")
         need(isinstance(self.init_augment, bool), "init_augment", "True or False")
-        need(isinstance(self.coverage_grid, int) and self.coverage_grid >= 2, "coverage_grid", "an integer >= 2")
+        need(self.coverage_grid is None or (isinstance(self.coverage_grid, int) and self.coverage_grid >= 2),
+             "coverage_grid", "None (exact) or an integer >= 2")
         need(0 < self.success_coverage <= 1, "success_coverage", "a fraction in (0, 1]")
         need(self.task in ("none", "search") or callable(self.task), "task",
              "'none', 'search' or a callable on the annotation")
@@ -388,8 +391,73 @@ def augment(aug: torch.Tensor, strengths: torch.Tensor, params: EnvParams) -> to
 
 
 def coverage(view: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, num_categories: int,
-             grid: int) -> torch.Tensor:
-    """Fraction of each view covered by objects of each category: the annotation vector.
+             grid: int | None = None) -> torch.Tensor:
+    """Fraction of each view covered by objects of each category: the annotation vector, exact.
+
+    For category ``c``: the area of (the union of the boxes of category ``c``) intersected with the view, divided
+    by the view's area; overlapping boxes of one category count once. Computed by coordinate compression, batched
+    and without a loop over environments or categories:
+
+    1. the boxes are clipped to the view; their x-edges cut the view into vertical strips, within which every box
+       either spans the strip or misses it;
+    2. in each strip, the union length of the spanning boxes' y-intervals, per category, is a sweep over the boxes
+       sorted by (category, start): each interval adds the part of it beyond the running maximum of the earlier
+       ends. Starts and ends are integer ranks among the y-edges, offset by ``category * 2M``, so the order and the
+       running maximum are exact and never mix two categories;
+    3. the area of a box's new part is its length times the strip's width, summed per category.
+
+    The cost is ``O(N M^2)`` for ``M`` boxes per image (``[N, 2M, M]`` intermediates).
+
+    Args:
+        view: ``float32 [N, 4]`` view boxes, normalised.
+        boxes: ``float32 [N, M, 4]`` object boxes of each environment's image, normalised.
+        labels: ``int64 [N, M]`` their categories, ``-1`` for padding.
+        num_categories: ``A``.
+        grid: ``None`` for the exact area; ``G`` for :func:`grid_coverage` on a ``G x G`` grid.
+
+    Returns:
+        ``float32 [N, A]`` in ``[0, 1]``.
+    """
+    if grid is not None:
+        return grid_coverage(view, boxes, labels, num_categories, grid)
+    n, m = labels.shape
+    if num_categories == 0 or m == 0:
+        return torch.zeros((n, num_categories), dtype=torch.float32, device=view.device)
+    vx0, vy0, vx1, vy1 = (view[:, k : k + 1] for k in range(4))  # (N, 1)
+    x0 = torch.minimum(torch.maximum(boxes[..., 0], vx0), vx1)  # (N, M): the boxes clipped to the view
+    x1 = torch.minimum(torch.maximum(boxes[..., 2], vx0), vx1)
+    y0 = torch.minimum(torch.maximum(boxes[..., 1], vy0), vy1)
+    y1 = torch.minimum(torch.maximum(boxes[..., 3], vy0), vy1)
+    edges = torch.cat([y0, y1], dim=1).sort(dim=1).values  # (N, 2M) the y-edges
+    stride = 2 * m
+    category = torch.where(labels >= 0, labels, num_categories)  # padding goes to a discarded extra category
+    start = category * stride + torch.searchsorted(edges, y0.contiguous())  # (N, M) exact integer keys
+    end = category * stride + torch.searchsorted(edges, y1.contiguous())
+    order = start.argsort(dim=1)  # by category, then by start
+    start, end, category = start.gather(1, order), end.gather(1, order), category.gather(1, order)
+    x0, x1 = x0.gather(1, order), x1.gather(1, order)
+    xs = torch.cat([x0, x1], dim=1).sort(dim=1).values  # (N, 2M)
+    width = xs[:, 1:] - xs[:, :-1]  # (N, S): the strips, S = 2M - 1
+    middle = (xs[:, 1:] + xs[:, :-1]) / 2
+    spans = (x0[:, None, :] <= middle[:, :, None]) & (middle[:, :, None] < x1[:, None, :])  # (N, S, M)
+    start = start[:, None, :].expand_as(spans)
+    end = torch.where(spans, end[:, None, :], start)  # a box that misses a strip is an empty interval there
+    earlier = torch.cummax(end, dim=2).values
+    earlier = torch.cat([torch.full_like(earlier[..., :1], -1), earlier[..., :-1]], dim=2)  # exclusive running max
+    offset = (category * stride)[:, None, :]
+    low = (torch.maximum(start, earlier) - offset).clamp(0, stride - 1)  # (N, S, M) ranks of the new part
+    high = (end - offset).clamp(0, stride - 1)
+    edges = edges[:, None, :].expand(-1, width.shape[1], -1)
+    length = (edges.gather(2, high) - edges.gather(2, low)).clamp_min(0)  # (N, S, M)
+    area = torch.zeros((n, num_categories + 1), dtype=torch.float32, device=view.device)
+    area.scatter_add_(1, category, (length * width[:, :, None]).sum(dim=1))
+    view_area = ((vx1 - vx0) * (vy1 - vy0)).clamp_min(1e-12)
+    return (area[:, :num_categories] / view_area).clamp(0, 1)
+
+
+def grid_coverage(view: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, num_categories: int,
+                  grid: int) -> torch.Tensor:
+    """:func:`coverage` measured on a grid of points: an approximation (``coverage_grid=G``).
 
     The view is sampled at the centres of a ``grid x grid`` lattice of cells; a point counts for category ``c``
     when it lies inside any box of category ``c`` (half-open: ``x0 <= x < x1``). Overlapping boxes of one category
