@@ -240,7 +240,12 @@ def test_non_finite_continuous_actions(tiny_shapes, bad):
     ("kwargs", "error", "match"),
     [
         ({"obs_sise": 64}, TypeError, r"unknown keyword argument\(s\) \['obs_sise'\]"),
-        ({"task": "search"}, ValueError, "task='search' needs obs_mode='dict'"),
+        ({"task": "search"}, ValueError, "task='search' with target='random' needs obs_mode='dict'"),
+        ({"task": "search", "target": "hexagonal"}, ValueError,
+         r"target='hexagonal' is not a category of 'shapes': expected 'random' or one of \['circle'"),
+        ({"task": "search", "target": 10}, ValueError, r"target=10 is not a category index of 'shapes'.*\[0, 10\)"),
+        ({"task": "search", "target": -1}, ValueError, "target=-1 is invalid"),
+        ({"target": "circle"}, ValueError, "target=0 is given but task='none': a target needs task='search'"),
         ({"task": "find"}, ValueError, "task='find' is invalid"),
         ({"autoreset_mode": "sometimes"}, ValueError, "autoreset_mode='sometimes'"),
         ({"render_mode": "human"}, ValueError, "render_mode='human'"),
@@ -344,3 +349,48 @@ def test_the_vector_env_is_the_pure_core_plus_rendering(tiny_shapes):
         obs, reward, terminated, truncated, info = env.step(action)
         state, annotation, expected_reward, *_ = core.step(params, data, state, action)
         assert torch.equal(info["annotation"], annotation) and torch.equal(reward, expected_reward)
+
+
+def test_search_for_a_fixed_target_with_image_only_observations(tiny_shapes):
+    """``target="circle"``: every episode searches for a circle in an image that holds one; the observation is the
+    view alone, and the reward is 1 exactly when the circle covers its success coverage of the view."""
+    env = make(tiny_shapes, num_envs=6, task="search", target="circle", obs_mode="view", action_mode="continuous",
+               max_episode_steps=5)
+    circle = CATEGORIES.index("circle")
+    by_index = make(tiny_shapes, num_envs=6, task="search", target=circle, action_mode="continuous",
+                    max_episode_steps=5)
+    assert env.params.target == by_index.params.target == circle
+    obs, info = env.reset(seed=4)
+    by_index.reset(seed=4)
+    assert isinstance(obs, torch.Tensor) and obs.shape == (6, 3, 64, 64)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        assert (info["target"] == circle).all()
+        assert (env.bank.labels[env.state.slot] == circle).any(dim=1).all(), "an image without a circle"
+        assert torch.equal(env.state.slot, by_index.state.slot)
+        action = torch.rand(6, env.params.action_dim, generator=generator) * 2 - 1
+        obs, reward, terminated, truncated, info = env.step(action)
+        by_index.step(action)
+        final = info.get("final_info", info)
+        reached = final["annotation"][:, circle] >= env.state.target_coverage
+        rows = ~info.get("_final_obs", torch.zeros(6, dtype=torch.bool))  # rows that did not restart this step
+        assert torch.equal(reward.bool()[rows], reached[rows]) and torch.equal(terminated, reward.bool())
+
+
+def test_a_fixed_target_that_no_image_holds_is_refused(tmp_path):
+    root = one_object_coco(tmp_path / "coco", [10, 10, 30, 30])  # categories 'thing' (one box) and 'other' (none)
+    env = ViewTransformVectorEnv(1, dataset="coco", root=str(root), task="search", target="thing", progress=False)
+    assert env.params.target == 0
+    with pytest.raises(ValueError, match="target='other': no image in the bank holds a 'other'"):
+        ViewTransformVectorEnv(1, dataset="coco", root=str(root), task="search", target="other", progress=False)
+
+
+@pytest.mark.parametrize("env_id, observation", [("ViewTransform-Shapes-Search-v0", dict),
+                                                 ("ViewTransform-Shapes-SearchCircle-v0", torch.Tensor)])
+def test_registered_search_ids(tiny_shapes, env_id, observation):
+    envs = gym.make_vec(env_id, num_envs=3, root=str(tiny_shapes), split="train", obs_size=32, progress=False)
+    obs, info = envs.reset(seed=0)
+    assert isinstance(obs, observation) and envs.unwrapped.task == "search"
+    obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
+    assert reward.shape == (3,)
+    envs.close()

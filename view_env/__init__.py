@@ -40,6 +40,10 @@ ENV_IDS: dict[str, dict[str, object]] = {
     "ViewTransform-Shapes-v0": {"dataset": "shapes"},
     "ViewTransform-ImageFolder-v0": {"dataset": "images"},
     "ViewTransform-Video-v0": {"dataset": "video", "temporal": True},
+    # Active search on Shapes: a random target per episode, observed beside the view; or one fixed target with
+    # image-only observations (what CleanRL's and SB3's CNN agents take).
+    "ViewTransform-Shapes-Search-v0": {"dataset": "shapes", "task": "search", "obs_mode": "dict"},
+    "ViewTransform-Shapes-SearchCircle-v0": {"dataset": "shapes", "task": "search", "target": "circle"},
 }
 
 for _id, _kwargs in ENV_IDS.items():

@@ -82,8 +82,11 @@ class EnvParams:
             faster only for images with many boxes (about 32 or more per image).
         success_coverage: Search succeeds when the target covers this fraction of the view (or, for targets too
             small to reach it at ``min_scale``, 80% of what they can reach).
-        task: The reward: ``"none"`` (reward-free), ``"search"`` (needs ``obs_mode="dict"``; see
-            :func:`task_reward`) or a callable from the annotations ``float32 [N, A]`` to rewards ``[N]``.
+        task: The reward: ``"none"`` (reward-free), ``"search"`` (see :func:`task_reward`) or a callable from the
+            annotations ``float32 [N, A]`` to rewards ``[N]``.
+        target: The search target: ``"random"`` (each episode draws one from its image; needs ``obs_mode="dict"``
+            so that the target is observed) or a category index (every episode searches for it, in an image that
+            holds it; works with ``obs_mode="view"``). The vector environment also takes a category name.
     """
 
     obs_size: int = 64
@@ -105,6 +108,7 @@ class EnvParams:
     coverage_grid: int | None = None
     success_coverage: float = 0.3
     task: Task = "none"
+    target: str | int = "random"
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, expected: str) -> None:
@@ -136,9 +140,15 @@ class EnvParams:
         need(0 < self.success_coverage <= 1, "success_coverage", "a fraction in (0, 1]")
         need(self.task in ("none", "search") or callable(self.task), "task",
              "'none', 'search' or a callable on the annotation")
-        if self.task == "search" and self.obs_mode != "dict":
-            raise ValueError("task='search' needs obs_mode='dict', so that the target is part of the observation; "
-                             f"got obs_mode={self.obs_mode!r}")
+        fixed = isinstance(self.target, int) and not isinstance(self.target, bool)
+        need(self.target == "random" or (fixed and self.target >= 0), "target",
+             "'random' or a category index >= 0 (the vector environment also takes a category name)")
+        if fixed and self.task != "search":
+            raise ValueError(f"target={self.target!r} is given but task={self.task!r}: a target needs task='search'")
+        if self.task == "search" and self.target == "random" and self.obs_mode != "dict":
+            raise ValueError("task='search' with target='random' needs obs_mode='dict', so that the target is part of "
+                             f"the observation; got obs_mode={self.obs_mode!r} (or pass a fixed target=, e.g. "
+                             "target='circle', for image-only observations)")
 
     @property
     def num_actions(self) -> int:
@@ -167,6 +177,8 @@ class EnvData:
         num_categories: ``A``, the length of an annotation vector.
         neighbours: ``int64 [P, 2]`` the slot of each slot's previous and next frame (itself where there is none)
             for the temporal actions of video, or ``None`` without them.
+        target_slots: ``int64 [T]`` the slots whose image holds the fixed search target (``EnvParams.target`` an
+            index), from which episodes draw their image; ``None`` otherwise.
     """
 
     sizes: torch.Tensor
@@ -174,6 +186,7 @@ class EnvData:
     labels: torch.Tensor
     num_categories: int
     neighbours: torch.Tensor | None = None
+    target_slots: torch.Tensor | None = None
 
     @property
     def num_images(self) -> int:
@@ -494,25 +507,28 @@ def grid_coverage(view: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
     return out[:, :num_categories]
 
 
-def draw_targets(uniforms: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
-                 params: EnvParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw a search target per environment: the category of a uniformly drawn object of its image.
+def draw_targets(uniforms: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, params: EnvParams,
+                 fixed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw a search target per environment: the category of a uniformly drawn object of its image, or ``fixed``.
 
     Args:
         uniforms: ``float32 [N]`` uniform draws.
         labels: ``int64 [N, M]`` object categories (``-1`` padding, which comes last).
         boxes: ``float32 [N, M, 4]`` object boxes.
+        fixed: A category index every environment searches for, instead of a drawn one.
 
     Returns:
-        ``int64 [N]`` targets (``-1`` for an image without objects) and ``float32 [N]`` the coverage that counts
-        as success: ``min(success_coverage, 0.8 * a / min_scale)`` with ``a`` the area of the target's largest
-        object, so that every target can be reached.
+        ``int64 [N]`` targets (``-1`` for an image without objects, or without the fixed target) and
+        ``float32 [N]`` the coverage that counts as success: ``min(success_coverage, 0.8 * a / min_scale)`` with
+        ``a`` the area of the target's largest object, so that every target can be reached.
     """
     count = (labels >= 0).sum(dim=1)
     pick = (uniforms * count).long().clamp(max=max(labels.shape[1] - 1, 0))
     if labels.shape[1] == 0:
         return torch.full_like(count, -1), torch.ones_like(uniforms)
     target = torch.where(count > 0, labels.gather(1, pick[:, None]).squeeze(1), -1)
+    if fixed is not None:
+        target = torch.where((labels == fixed).any(dim=1), fixed, -1)
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (N, M)
     largest = torch.where(labels == target[:, None], area, 0).amax(dim=1)
     reachable = 0.8 * (largest / params.min_scale).clamp(max=1.0)
@@ -531,11 +547,16 @@ def reset(params: EnvParams, data: EnvData, state: EnvState, mask: torch.Tensor,
     """
     episode = state.episode + mask.long()  # the counter of a fresh episode
     u = rng.uniform(key.seed, key.env_ids, episode, 6 + len(params.augmentations))
-    slot = (u[:, 0] * data.num_images).long().clamp(max=data.num_images - 1)
+    if data.target_slots is not None:  # a fixed target: an image that holds it
+        pick = (u[:, 0] * len(data.target_slots)).long().clamp(max=len(data.target_slots) - 1)
+        slot = data.target_slots[pick]
+    else:
+        slot = (u[:, 0] * data.num_images).long().clamp(max=data.num_images - 1)
     aspect = image_aspect(data.sizes[slot])
     box = initial_boxes(u[:, 1:5], aspect, params)
     if params.task == "search":
-        target, target_coverage = draw_targets(u[:, 5], data.labels[slot], data.boxes[slot], params)
+        fixed = None if params.target == "random" else int(params.target)
+        target, target_coverage = draw_targets(u[:, 5], data.labels[slot], data.boxes[slot], params, fixed)
     else:
         target, target_coverage = torch.full_like(slot, -1), torch.ones_like(u[:, 5])
     aug = identity_aug(len(slot), box.device)

@@ -58,7 +58,10 @@ class ViewTransformVectorEnv(VectorEnv):
             :func:`~view_env.data.default_canvas_size` of ``obs_size`` (``2 * obs_size`` within ``[128, 256]``).
         max_images: Decode at most this many images into a static bank; a larger dataset streams through an
             :class:`~view_env.data.ImagePool` of this capacity (default 20,000).
-        task: ``"none"``, ``"search"`` (needs ``obs_mode="dict"``) or a callable on the annotation tensor.
+        task: ``"none"``, ``"search"`` or a callable on the annotation tensor.
+        target: With ``task="search"``: ``"random"`` (each episode draws its target; needs ``obs_mode="dict"``) or
+            a fixed target, a category name (``"circle"``) or index, searched for in images that hold it (image-only
+            observations work).
         autoreset_mode: ``"same_step"`` (default), ``"next_step"`` or ``"disabled"``.
         render_mode: ``None`` or ``"rgb_array"``.
         temporal: Add the Video environment's temporal actions (previous/next frame).
@@ -82,6 +85,7 @@ class ViewTransformVectorEnv(VectorEnv):
         canvas_size: int | None = None,
         max_images: int | None = None,
         task: core.Task = "none",
+        target: str | int = "random",
         autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
         render_mode: str | None = None,
         temporal: bool = False,
@@ -98,7 +102,8 @@ class ViewTransformVectorEnv(VectorEnv):
             )
         if isinstance(params.get("augmentations"), list):
             params["augmentations"] = tuple(params["augmentations"])
-        self.params = core.EnvParams(task=task, **params)
+        named = isinstance(target, str) and target != "random"
+        self.params = core.EnvParams(task=task, target=0 if named else target, **params)  # a name is resolved below
         if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} is invalid: expected an integer >= 1")
         if render_mode not in (None, "rgb_array"):
@@ -113,6 +118,9 @@ class ViewTransformVectorEnv(VectorEnv):
         if task == "search" and self.num_categories == 0:
             raise ValueError(f"task='search' needs a dataset with object categories; {self.bank.dataset.name!r} "
                              "has none")
+        if self.params.target != "random":
+            self.params = dataclasses.replace(self.params, target=self._target_index(target))
+        self._target_slots = self._find_target_slots()
         self.temporal = temporal
         self._neighbours = self._temporal_links() if temporal else None
 
@@ -160,7 +168,8 @@ class ViewTransformVectorEnv(VectorEnv):
         """The bank's tensors the MDP reads, as :func:`view_env.core.step` takes them (rebuilt per call: a pool's
         tensors change when it refreshes)."""
         bank = self.bank
-        return core.EnvData(bank.sizes, bank.boxes, bank.labels, self.num_categories, self._neighbours)
+        return core.EnvData(bank.sizes, bank.boxes, bank.labels, self.num_categories, self._neighbours,
+                            self._target_slots)
 
     # ----------------------------------------------------------------------------------------------- set-up
 
@@ -204,6 +213,30 @@ class ViewTransformVectorEnv(VectorEnv):
         if len(source) > limit:
             return ImagePool(source, limit, canvas_size=canvas_size, device=self.device, progress=progress)
         return ImageBank.from_dataset(source, canvas_size=canvas_size, device=self.device, progress=progress)
+
+    def _target_index(self, target: str | int) -> int:
+        """The category index of a fixed search target given by name or index, checked against the dataset."""
+        categories = tuple(self.bank.dataset.categories)
+        if isinstance(target, str):
+            if target not in categories:
+                raise ValueError(f"target={target!r} is not a category of {self.bank.dataset.name!r}: expected "
+                                 f"'random' or one of {list(categories)}")
+            return categories.index(target)
+        if target >= len(categories):
+            raise ValueError(f"target={target!r} is not a category index of {self.bank.dataset.name!r}: expected "
+                             f"'random', a name or an index in [0, {len(categories)})")
+        return int(target)
+
+    def _find_target_slots(self) -> torch.Tensor | None:
+        """``int64 [T]``: the bank slots whose image holds the fixed target (``None`` for a random target)."""
+        if self.params.target == "random":
+            return None
+        slots = (self.bank.labels == self.params.target).any(dim=1).nonzero().flatten()
+        if len(slots) == 0:
+            name = self.bank.dataset.categories[self.params.target]
+            raise ValueError(f"target={name!r}: no image in the bank holds a {name!r}, so no episode could succeed; "
+                             "choose another target or a larger bank (max_images)")
+        return slots
 
     def _temporal_links(self) -> torch.Tensor:
         """``int64 [P, 2]``: the bank slot of each slot's previous and next frame (itself where there is none)."""
@@ -310,6 +343,7 @@ class ViewTransformVectorEnv(VectorEnv):
             busy = torch.zeros(len(self.bank), dtype=torch.bool, device=self.device)
             busy[self.state.slot[~mask]] = True
             self.bank.refresh(busy=busy)
+            self._target_slots = self._find_target_slots()
         self.state = core.reset(self.params, self.data, self.state, mask, self._key)
 
     def _check_action(self, actions: Any) -> torch.Tensor:
