@@ -1,154 +1,117 @@
-"""Adapters to other RL libraries: :class:`SB3VecEnv` makes the vector environment a stable-baselines3 VecEnv."""
+"""Wrappers for the vector environment: torch-native versions of Gymnasium's vector wrappers, and adapters.
+
+Gymnasium's vector wrappers do numpy arithmetic on what the environment returns, and the vector environment
+returns torch tensors (on its device). Which to use (docs/envs.md, "Wrappers"):
+
+- :class:`RecordEpisodeStatistics` here: Gymnasium's ``RecordEpisodeStatistics`` with the same info keys
+  (``info["episode"] = {"r", "l", "t"}`` and the mask ``info["_episode"]``), queues and autoreset semantics, on
+  torch tensors on the environment's device.
+- ``ClipAction``, ``RescaleAction`` (continuous actions): Gymnasium's own work on the vector environment as it is.
+- Every other Gymnasium vector wrapper (``NormalizeObservation``, ``NormalizeReward``, ...): put Gymnasium's
+  ``ArrayConversion(env, env_xp=torch, target_xp=numpy)`` (the ``gymnasium[array-api]`` extra) first, as for any
+  torch environment; the wrappers then see numpy arrays.
+- :class:`SB3VecEnv` (in :mod:`view_env.sb3`, loaded on first use): the stable-baselines3 ``VecEnv`` adapter.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections import deque
 from typing import Any
 
-import gymnasium as gym
-import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode
-from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
-from view_env.vector import ViewTransformVectorEnv
-
-_INFO_KEYS = ("annotation", "box", "image_index", "aug", "target")
+__all__ = ["RecordEpisodeStatistics"]  # and, loaded on first use, SB3VecEnv and to_host from view_env.sb3
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, torch.Tensor]:
-    if isinstance(value, dict):
-        out: dict[str, torch.Tensor] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}/"))
-        return out
-    return {prefix.rstrip("/") or "obs": value}
+def __getattr__(name: str) -> Any:
+    if name in ("SB3VecEnv", "to_host"):  # the SB3 adapter: stable-baselines3 is imported only when asked for
+        from view_env import sb3
+
+        return getattr(sb3, name)
+    raise AttributeError(f"module 'view_env.wrappers' has no attribute {name!r}")
 
 
-def to_host(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Copy ``[N, ...]`` tensors of any dtypes to numpy with one device-to-host transfer.
+class RecordEpisodeStatistics(VectorWrapper):
+    """Gymnasium's vector ``RecordEpisodeStatistics`` for torch tensors: returns and lengths per environment.
 
-    Every tensor is reinterpreted as bytes, the rows are concatenated into one ``uint8 [N, total]`` buffer, the
-    buffer crosses once, and the host splits it and reinterprets each part with its dtype and shape.
-    """
-    if not tensors:
-        return {}
-    n = next(iter(tensors.values())).shape[0]
-    parts, layout = [], []
-    for key, tensor in tensors.items():
-        was_bool = tensor.dtype == torch.bool
-        tensor = tensor.detach().to(torch.uint8) if was_bool else tensor.detach()
-        flat = tensor.contiguous().reshape(n, -1).view(torch.uint8)  # (N, bytes per row)
-        parts.append(flat)
-        layout.append((key, tuple(tensor.shape), torch.empty(0, dtype=tensor.dtype).numpy().dtype, was_bool,
-                       flat.shape[1]))
-    host = torch.cat(parts, dim=1).cpu().numpy()
-    out, start = {}, 0
-    for key, shape, dtype, was_bool, width in layout:
-        chunk = np.ascontiguousarray(host[:, start : start + width]).view(dtype).reshape(shape)
-        out[key] = chunk.astype(np.bool_) if was_bool else chunk
-        start += width
-    return out
-
-
-class SB3VecEnv(VecEnv):
-    """A stable-baselines3 ``VecEnv`` over a :class:`~view_env.vector.ViewTransformVectorEnv`.
-
-    Each step moves observations, rewards, dones and infos to the host in one batched copy. Ended
-    environments are reset in the same step (the vector environment's SAME_STEP autoreset); their last
-    observation is in ``infos[i]["terminal_observation"]`` and ``infos[i]["TimeLimit.truncated"]`` says whether
-    the episode was cut by the step limit rather than terminated. ``infos[i]`` also holds the environment's
-    ``annotation``, ``box``, ``image_index`` and ``aug`` (and ``target`` for search).
+    When episodes end in a step, ``info["episode"]`` holds ``r`` (``float32 [N]`` returns), ``l`` (``int64 [N]``
+    lengths) and ``t`` (``float32 [N]`` seconds since the episode began), zero where ``info["_episode"]`` (``bool
+    [N]``) is False, on the environment's device; the last ``buffer_length`` episodes' values are kept as Python
+    numbers in :attr:`return_queue`, :attr:`length_queue` and :attr:`time_queue`. With ``SAME_STEP`` autoreset every
+    step counts towards an episode; with ``NEXT_STEP`` the reset step after an episode's end does not.
 
     Args:
-        env: The vector environment (autoreset mode SAME_STEP), or the arguments to build one.
+        env: The vector environment (torch tensors out).
+        buffer_length: Episodes kept in the queues.
+        stats_key: The info key.
     """
 
-    def __init__(self, env: ViewTransformVectorEnv | None = None, **kwargs: Any) -> None:
-        if env is None:
-            env = ViewTransformVectorEnv(**kwargs)
-        elif kwargs:
-            raise ValueError(f"pass either env= or the arguments to build one, not both (got {sorted(kwargs)})")
-        env = getattr(env, "unwrapped", env)
-        if not isinstance(env, ViewTransformVectorEnv):
-            raise TypeError(f"SB3VecEnv wraps a ViewTransformVectorEnv, got {type(env).__name__}")
-        if env.autoreset_mode != AutoresetMode.SAME_STEP:
-            raise ValueError(f"SB3VecEnv needs autoreset_mode SAME_STEP (stable-baselines3 resets ended environments "
-                             f"in the same step), got {env.autoreset_mode.name}")
-        self.env = env
-        self.render_mode = env.render_mode
-        super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
-        self._actions: Any = None
+    def __init__(self, env: VectorEnv, buffer_length: int = 100, stats_key: str = "episode") -> None:
+        super().__init__(env)
+        mode = self.env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if not isinstance(mode, AutoresetMode):
+            raise TypeError(f"env.metadata['autoreset_mode'] must be an AutoresetMode, got {type(mode).__name__}")
+        self._autoreset_mode = mode
+        self._stats_key = stats_key
+        self.episode_count = 0
+        self.time_queue: deque[float] = deque(maxlen=buffer_length)
+        self.return_queue: deque[float] = deque(maxlen=buffer_length)
+        self.length_queue: deque[int] = deque(maxlen=buffer_length)
+        self._begin(None)
 
-    def reset(self) -> Any:
-        seed = self._seeds[0]
-        obs, _ = self.env.reset(seed=seed)
-        self._reset_seeds()
-        self._reset_options()
-        return self._unflatten(to_host(_flatten(obs)))
+    def _begin(self, mask: torch.Tensor | None) -> None:
+        """Start the statistics of every environment, or of those in ``mask``."""
+        device = getattr(self.env.unwrapped, "device", torch.device("cpu"))
+        now = time.perf_counter()
+        if mask is None:
+            n = self.num_envs
+            self.episode_returns = torch.zeros(n, dtype=torch.float64, device=device)
+            self.episode_lengths = torch.zeros(n, dtype=torch.int64, device=device)
+            self.episode_start_times = torch.full((n,), now, dtype=torch.float64, device=device)
+            self.prev_dones = torch.zeros(n, dtype=torch.bool, device=device)
+            return
+        self.episode_returns[mask] = 0
+        self.episode_lengths[mask] = 0
+        self.episode_start_times[mask] = now
+        self.prev_dones[mask] = False
 
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = actions
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """Reset the environment and the statistics (of the environments in ``options["reset_mask"]`` only)."""
+        obs, info = self.env.reset(seed=seed, options=options)
+        mask = (options or {}).get("reset_mask")
+        self._begin(None if mask is None else torch.as_tensor(mask, device=self.episode_returns.device))
+        return obs, info
 
-    def step_wait(self) -> VecEnvStepReturn:
-        obs, reward, terminated, truncated, info = self.env.step(self._actions)
-        tensors = _flatten(obs)
-        tensors.update({"_reward": reward, "_terminated": terminated, "_truncated": truncated})
-        tensors.update({f"_info/{k}": info[k] for k in _INFO_KEYS if k in info})
-        if "final_obs" in info:
-            tensors.update({f"_final/{k}": v for k, v in _flatten(info["final_obs"]).items()})
-        host = to_host(tensors)
-        dones = host["_terminated"] | host["_truncated"]
-        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        for key in _INFO_KEYS:
-            if f"_info/{key}" in host:
-                for i, value in enumerate(host[f"_info/{key}"]):
-                    infos[i][key] = value
-        if dones.any():
-            final = self._unflatten({k[len("_final/"):]: v for k, v in host.items() if k.startswith("_final/")})
-            for i in np.flatnonzero(dones):
-                infos[i]["terminal_observation"] = (
-                    {k: v[i] for k, v in final.items()} if isinstance(final, dict) else final[i]
-                )
-                infos[i]["TimeLimit.truncated"] = bool(host["_truncated"][i] and not host["_terminated"][i])
-        obs_host = self._unflatten({k: v for k, v in host.items() if not k.startswith("_")})
-        return obs_host, host["_reward"].astype(np.float32), dones, infos
-
-    def _unflatten(self, host: dict[str, np.ndarray]) -> Any:
-        if isinstance(self.observation_space, gym.spaces.Dict):
-            return {k: host[k] for k in self.observation_space.spaces}
-        return host["obs"]
-
-    def close(self) -> None:
-        self.env.close()
-
-    def get_images(self) -> Sequence[np.ndarray | None]:
-        frames = self.env.render()
-        return [None] * self.num_envs if frames is None else list(frames)
-
-    def _indices(self, indices: VecEnvIndices) -> list[int]:
-        return list(self._get_indices(indices))
-
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        value = getattr(self.env, attr_name)
-        return [value for _ in self._indices(indices)]
-
-    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        if self._indices(indices) != list(range(self.num_envs)):
-            raise ValueError("the environments share their attributes: set_attr applies to all of them or none")
-        setattr(self.env, attr_name, value)
-
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
-                   **method_kwargs: Any) -> list[Any]:
-        result = getattr(self.env, method_name)(*method_args, **method_kwargs)
-        return [result for _ in self._indices(indices)]
-
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        return [False for _ in self._indices(indices)]
-
-    def _get_indices(self, indices: VecEnvIndices) -> Iterable[int]:
-        if indices is None:
-            return range(self.num_envs)
-        if isinstance(indices, int):
-            return [indices]
-        return indices
+    def step(self, actions: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Step the environment and add the statistics of the episodes that ended to ``info``."""
+        obs, reward, terminations, truncations, infos = self.env.step(actions)
+        rewards = reward.to(self.episode_returns.device, torch.float64)
+        if self._autoreset_mode == AutoresetMode.SAME_STEP:
+            self.episode_returns += rewards
+            self.episode_lengths += 1
+        else:  # the step after an episode's end resets it and does not count
+            restarted = self.prev_dones
+            self.episode_returns = torch.where(restarted, 0.0, self.episode_returns + rewards)
+            self.episode_lengths = torch.where(restarted, 0, self.episode_lengths + 1)
+            self.episode_start_times[restarted] = time.perf_counter()
+        dones = (terminations | truncations).to(self.episode_returns.device)
+        self.prev_dones = dones.clone()
+        if bool(dones.any()):
+            if self._stats_key in infos or f"_{self._stats_key}" in infos:
+                raise ValueError(f"the info key {self._stats_key!r} exists already: {sorted(infos)}; pass another "
+                                 "stats_key")
+            seconds = time.perf_counter() - self.episode_start_times
+            infos[self._stats_key] = {"r": torch.where(dones, self.episode_returns, 0.0).float(),
+                                      "l": torch.where(dones, self.episode_lengths, 0),
+                                      "t": torch.where(dones, seconds, 0.0).float()}
+            infos[f"_{self._stats_key}"] = dones
+            ended = dones.nonzero().flatten()
+            self.episode_count += len(ended)
+            self.return_queue.extend(self.episode_returns[ended].tolist())
+            self.length_queue.extend(self.episode_lengths[ended].tolist())
+            self.time_queue.extend(seconds[ended].tolist())
+            if self._autoreset_mode == AutoresetMode.SAME_STEP:  # the ended environments restarted already
+                self._begin(dones)
+        return obs, reward, terminations, truncations, infos
