@@ -10,7 +10,7 @@ import torch
 from gymnasium.wrappers import vector as gym_vector
 
 import view_env  # noqa: F401  (registers the ids)
-from view_env.wrappers import RecordEpisodeStatistics
+from view_env.wrappers import NormalizeObservation, NormalizeReward, RecordEpisodeStatistics
 
 
 def make_vec(tiny_shapes, **kwargs):
@@ -113,3 +113,45 @@ def test_gymnasium_wrappers_on_the_single_environment(tiny_shapes):
         if terminated or truncated:
             break
     assert info["episode"]["l"] >= 1 and info["episode"]["r"] == float(terminated)
+
+
+@pytest.mark.parametrize("autoreset_mode", ["same_step", "next_step"])
+def test_torch_normalize_reward_matches_gymnasiums(tiny_shapes, autoreset_mode):
+    # A dense reward (the coverage of the first category) so that the statistics move at every step.
+    kwargs = {"task": lambda annotation: annotation[:, 0], "action_mode": "continuous",
+              "autoreset_mode": autoreset_mode}
+    generator = np.random.default_rng(1)
+    actions = [generator.uniform(-1, 1, (4, 11)).astype(np.float32) for _ in range(20)]
+    _, ours = _run(NormalizeReward(make_vec(tiny_shapes, **kwargs), gamma=0.9), [torch.from_numpy(a) for a in actions])
+    reference = gym_vector.NormalizeReward(
+        gym_vector.ArrayConversion(make_vec(tiny_shapes, **kwargs), env_xp=torch, target_xp=np), gamma=0.9)
+    _, theirs = _run(reference, actions)
+    assert sum(float(np.abs(r).sum()) for r in theirs) > 0, "no reward in the run: the comparison would be empty"
+    for mine, expected in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_normalize_observation_matches_gymnasiums(tiny_shapes):
+    kwargs = {"autoreset_mode": "next_step", "max_episode_steps": 3}
+    ours = NormalizeObservation(make_vec(tiny_shapes, **kwargs))
+    reference = gym_vector.NormalizeObservation(
+        gym_vector.ArrayConversion(make_vec(tiny_shapes, **kwargs), env_xp=torch, target_xp=np))
+    assert ours.single_observation_space == reference.single_observation_space
+    mine, _ = ours.reset(seed=2)
+    theirs, _ = reference.reset(seed=2)
+    for step in range(7):
+        np.testing.assert_allclose(mine.numpy(), theirs, rtol=1e-4, atol=1e-4)
+        action = np.full(4, step % 9)
+        mine, *_ = ours.step(torch.from_numpy(action))
+        theirs, *_ = reference.step(action)
+    assert mine.dtype == torch.float32 and abs(float(mine.mean())) < 1.0
+    ours.update_running_mean = False
+    frozen = ours.obs_rms.mean.clone()
+    ours.step(torch.zeros(4, dtype=torch.long))
+    assert torch.equal(ours.obs_rms.mean, frozen)
+    with pytest.raises(ValueError, match="needs autoreset_mode NEXT_STEP or DISABLED"):
+        NormalizeObservation(make_vec(tiny_shapes))
+    with pytest.raises(TypeError, match="needs image observations"):
+        NormalizeObservation(make_vec(tiny_shapes, obs_mode="dict", autoreset_mode="next_step"))
+    with pytest.raises(ValueError, match="does not support partial resets"):
+        ours.reset(options={"reset_mask": torch.tensor([True, False, True, True])})

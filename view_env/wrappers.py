@@ -3,9 +3,9 @@
 Gymnasium's vector wrappers do numpy arithmetic on what the environment returns, and the vector environment
 returns torch tensors (on its device). Which to use (docs/envs.md, "Wrappers"):
 
-- :class:`RecordEpisodeStatistics` here: Gymnasium's ``RecordEpisodeStatistics`` with the same info keys
-  (``info["episode"] = {"r", "l", "t"}`` and the mask ``info["_episode"]``), queues and autoreset semantics, on
-  torch tensors on the environment's device.
+- :class:`RecordEpisodeStatistics`, :class:`NormalizeObservation` and :class:`NormalizeReward` here: Gymnasium's
+  wrappers of those names with the same info keys, statistics and autoreset semantics, on torch tensors on the
+  environment's device (no numpy round trip).
 - ``ClipAction``, ``RescaleAction`` (continuous actions): Gymnasium's own work on the vector environment as it is.
 - Every other Gymnasium vector wrapper (``NormalizeObservation``, ``NormalizeReward``, ...): put Gymnasium's
   ``ArrayConversion(env, env_xp=torch, target_xp=numpy)`` (the ``gymnasium[array-api]`` extra) first, as for any
@@ -19,10 +19,14 @@ import time
 from collections import deque
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
+from gymnasium.vector.utils import batch_space
 
-__all__ = ["RecordEpisodeStatistics"]  # and, loaded on first use, SB3VecEnv and to_host from view_env.sb3
+__all__ = ["NormalizeObservation", "NormalizeReward", "RecordEpisodeStatistics", "RunningMeanStd"]
+# (and, loaded on first use: SB3VecEnv and to_host from view_env.sb3)
 
 
 def __getattr__(name: str) -> Any:
@@ -115,3 +119,108 @@ class RecordEpisodeStatistics(VectorWrapper):
             if self._autoreset_mode == AutoresetMode.SAME_STEP:  # the ended environments restarted already
                 self._begin(dones)
         return obs, reward, terminations, truncations, infos
+
+
+class RunningMeanStd:
+    """Running mean and (population) variance of a stream of ``[B, *shape]`` batches, in float64 on ``device``:
+    Gymnasium's ``RunningMeanStd`` (Chan et al.'s parallel update, starting from count ``epsilon``) in torch."""
+
+    def __init__(self, shape: tuple[int, ...] = (), device: torch.device | str = "cpu", epsilon: float = 1e-4) -> None:
+        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.var = torch.ones(shape, dtype=torch.float64, device=device)
+        self.count = epsilon
+
+    def update(self, x: torch.Tensor) -> None:
+        """Fold in a batch ``[B, *shape]``."""
+        x = x.to(self.mean.device, torch.float64)
+        batch_mean, batch_var, batch_count = x.mean(dim=0), x.var(dim=0, unbiased=False), x.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        self.var = (self.var * self.count + batch_var * batch_count + delta.square() * self.count * batch_count
+                    / total) / total
+        self.count = total
+
+
+def _device(env: VectorEnv) -> torch.device:
+    return getattr(env.unwrapped, "device", torch.device("cpu"))
+
+
+class NormalizeObservation(VectorWrapper):
+    """Gymnasium's vector ``NormalizeObservation`` for torch tensors: each coordinate of the observation centred and
+    scaled by running statistics over every observation seen, returned as ``float32`` on the environment's device.
+
+    Like Gymnasium's, it needs ``autoreset_mode="next_step"`` (or ``"disabled"``), so that no observation of a new
+    episode is mixed into a step's batch, and it refuses partial resets. ``update_running_mean = False`` freezes
+    the statistics (for evaluation). Image observations only (``obs_mode="view"``).
+    """
+
+    def __init__(self, env: VectorEnv, epsilon: float = 1e-8) -> None:
+        super().__init__(env)
+        if epsilon <= 0:
+            raise ValueError(f"epsilon={epsilon!r} is invalid: expected a number > 0")
+        mode = self.env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED):
+            raise ValueError(f"NormalizeObservation needs autoreset_mode NEXT_STEP or DISABLED, got {mode}: pass "
+                             "autoreset_mode='next_step' to gym.make_vec")
+        space = self.env.single_observation_space
+        if not isinstance(space, gym.spaces.Box):
+            raise TypeError(f"NormalizeObservation needs image observations (obs_mode='view'), got {space}")
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, space.shape, np.float32)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.obs_rms = RunningMeanStd(space.shape, _device(env))
+        self.epsilon = epsilon
+        self.update_running_mean = True
+
+    def _normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.update_running_mean:
+            self.obs_rms.update(obs)
+        return ((obs.double() - self.obs_rms.mean) / torch.sqrt(self.obs_rms.var + self.epsilon)).float()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        mask = (options or {}).get("reset_mask")
+        if mask is not None and not bool(torch.as_tensor(mask).all()):
+            raise ValueError("NormalizeObservation does not support partial resets: reset_mask must be all True")
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._normalize(obs), info
+
+    def step(self, actions: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        return self._normalize(obs), reward, terminated, truncated, info
+
+
+class NormalizeReward(VectorWrapper):
+    """Gymnasium's vector ``NormalizeReward`` for torch tensors: rewards divided by the running standard deviation
+    of the discounted return ``G <- gamma (1 - terminated) G + r`` (per environment), same autoreset handling (with
+    ``SAME_STEP`` every step is active and an ended return restarts at once; otherwise the reset step is skipped).
+    """
+
+    def __init__(self, env: VectorEnv, gamma: float = 0.99, epsilon: float = 1e-8) -> None:
+        super().__init__(env)
+        if not 0 <= gamma <= 1:
+            raise ValueError(f"gamma={gamma!r} is invalid: expected a discount in [0, 1]")
+        if epsilon <= 0:
+            raise ValueError(f"epsilon={epsilon!r} is invalid: expected a number > 0")
+        device = _device(env)
+        self.return_rms = RunningMeanStd((), device)
+        self.accumulated_reward = torch.zeros(self.num_envs, dtype=torch.float32, device=device)
+        self.gamma, self.epsilon = gamma, epsilon
+        self.update_running_mean = True
+        self._prev_dones = torch.zeros(self.num_envs, dtype=torch.bool, device=device)
+        self._autoreset_mode = self.env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+
+    def step(self, actions: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        if self._autoreset_mode == AutoresetMode.SAME_STEP:
+            active = torch.ones_like(self._prev_dones)
+        else:
+            active = ~self._prev_dones
+        updated = self.accumulated_reward * self.gamma * (1 - terminated.float()) + reward
+        self.accumulated_reward = torch.where(active, updated, self.accumulated_reward)
+        if self.update_running_mean and bool(active.any()):
+            self.return_rms.update(self.accumulated_reward[active])
+        self._prev_dones = terminated | truncated
+        if self._autoreset_mode == AutoresetMode.SAME_STEP:
+            self.accumulated_reward = torch.where(self._prev_dones, 0.0, self.accumulated_reward)
+        scaled = (reward.double() / torch.sqrt(self.return_rms.var + self.epsilon)).to(reward.dtype)
+        return obs, scaled, terminated, truncated, info
