@@ -155,3 +155,17 @@ def test_torch_normalize_observation_matches_gymnasiums(tiny_shapes):
         NormalizeObservation(make_vec(tiny_shapes, obs_mode="dict", autoreset_mode="next_step"))
     with pytest.raises(ValueError, match="does not support partial resets"):
         ours.reset(options={"reset_mask": torch.tensor([True, False, True, True])})
+
+
+def test_record_video_on_the_single_environment(tiny_shapes, tmp_path):
+    pytest.importorskip("moviepy", reason="Gymnasium's RecordVideo writes its files with moviepy (the dev extras)")
+    env = gym.wrappers.RecordVideo(
+        gym.make("ViewTransform-Shapes-v0", root=str(tiny_shapes), split="train", obs_size=16, progress=False,
+                 render_mode="rgb_array", max_episode_steps=5),
+        str(tmp_path / "videos"), episode_trigger=lambda episode: True, disable_logger=True)
+    env.reset(seed=0)
+    for _ in range(5):
+        *_, terminated, truncated, _ = env.step(env.action_space.sample())
+    env.close()
+    videos = list((tmp_path / "videos").glob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 0

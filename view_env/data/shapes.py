@@ -721,7 +721,7 @@ def generate_scene(seed: int, split: str, index: int, image_size: int) -> Scene:
     for k, obj in enumerate(objects):  # each colour stands out from what is already painted under the object
         hsv[k] = _choose_colour(rng, canvas, obj)
         _paint(rng, canvas, obj, _hsv_to_rgb(hsv[k]))
-    image = Image.fromarray(np.clip(canvas + 0.5, 0.0, 255.0).astype(np.uint8), mode="RGB")
+    image = Image.fromarray(np.clip(canvas + 0.5, 0.0, 255.0).astype(np.uint8))  # H x W x 3 uint8: RGB
     boxes, areas = _visible_boxes(objects, owner)
     colours = [colour_word(*row) for row in hsv.tolist()]
     describer = _Describer(objects, colours, boxes, _overlaps(objects), image_size)
