@@ -124,7 +124,7 @@ def test_search_rewards_and_terminates_on_success(tmp_path):
     big = one_object_coco(tmp_path / "big", [0, 0, 100, 100])
     env = ViewTransformVectorEnv(2, dataset="coco", root=str(big), task="search", obs_mode="dict", progress=False)
     obs, info = env.reset(seed=0)
-    assert obs["target"].tolist() == [[1.0, 0.0], [1.0, 0.0]] and info["target"].tolist() == [0, 0]
+    assert obs["target"].tolist() == [[1.0, 0.0], [1.0, 0.0]] and info["target_category"].tolist() == [0, 0]
     _, reward, terminated, truncated, info = env.step(torch.tensor([0, 0]))
     assert reward.tolist() == [1.0, 1.0] and terminated.all() and not truncated.any()
     assert info["_final_obs"].all()
@@ -365,7 +365,7 @@ def test_search_for_a_fixed_target_with_image_only_observations(tiny_shapes):
     assert isinstance(obs, torch.Tensor) and obs.shape == (6, 3, 64, 64)
     generator = torch.Generator().manual_seed(0)
     for _ in range(12):
-        assert (info["target"] == circle).all()
+        assert (info["target_category"] == circle).all()
         assert (env.bank.labels[env.state.slot] == circle).any(dim=1).all(), "an image without a circle"
         assert torch.equal(env.state.slot, by_index.state.slot)
         action = torch.rand(6, env.params.action_dim, generator=generator) * 2 - 1

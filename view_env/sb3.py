@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 
 from view_env.vector import ViewTransformVectorEnv
 
-_INFO_KEYS = ("annotation", "box", "image_index", "aug", "target")
+_INFO_KEYS = ("annotation", "box", "image_index", "aug", "target_category")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -404,7 +404,7 @@ class ViewTransformVectorEnv(VectorEnv):
             "aug": self.state.aug.clone(),
         }
         if self.task == "search":
-            info["target"] = self.state.target.clone()
+            info["target_category"] = self.state.target.clone()  # not "target": that is the observation's one-hot
         info.update({f"_{key}": self._all for key in list(info)})
         return info
 
