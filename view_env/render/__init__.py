@@ -109,13 +109,7 @@ def crop_resize(
     Returns:
         ``uint8 [N, 3, S, S]`` on the images' device.
     """
-    n = check_view_inputs(images, image_index, boxes, out_size)
-    native = _use_native(backend, images.device)
-    if n == 0:
-        return torch.empty(0, 3, out_size, out_size, dtype=torch.uint8, device=images.device)
-    if native:
-        return KERNEL.render(images, image_index, boxes, out_size, None)
-    return torch_kernels.render(images, image_index, boxes, out_size, None)
+    return render_views(images, image_index, boxes, out_size, None, backend=backend)  # no augmentation
 
 
 def horizontal_flip(views: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
