@@ -102,6 +102,8 @@ class ViewTransformVectorEnv(VectorEnv):
             )
         if isinstance(params.get("augmentations"), list):
             params["augmentations"] = tuple(params["augmentations"])
+        if not (isinstance(target, str) and target == "random") and task != "search":
+            raise ValueError(f"target={target!r} is given but task={task!r}: a target needs task='search'")
         named = isinstance(target, str) and target != "random"
         self.params = core.EnvParams(task=task, target=0 if named else target, **params)  # a name is resolved below
         if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
