@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,9 +113,15 @@ def advantages(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor,
     return out
 
 
-def train(args: PPOArgs, **env_kwargs: Any) -> dict[str, Any]:
+def train(args: PPOArgs, callback: Callable[[int, Agent], None] | None = None, **env_kwargs: Any) -> dict[str, Any]:
     """Run PPO; returns the steps per second of the whole loop, the episodes' success rate over the last quarter
-    of the run, and the per-iteration losses. ``env_kwargs`` go to ``gym.make_vec``."""
+    of the run, and the per-iteration losses. ``env_kwargs`` go to ``gym.make_vec``.
+
+    Args:
+        callback: Called before the first iteration (with 0) and after every iteration with the environment steps
+            so far and the agent (e.g. to evaluate it); its time is left out of ``seconds`` and
+            ``steps_per_second``.
+    """
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     envs = RecordEpisodeStatistics(gym.make_vec(args.env_id, num_envs=args.num_envs, device=device,
@@ -135,6 +141,10 @@ def train(args: PPOArgs, **env_kwargs: Any) -> dict[str, Any]:
     successes: list[float] = []
     history: list[dict[str, float]] = []
     began = time.perf_counter()
+    outside = 0.0  # seconds spent in the callback
+    if callback is not None:
+        callback(0, agent)
+        outside = time.perf_counter() - began
     for iteration in range(iterations):
         for group in optimizer.param_groups:  # linear annealing of the learning rate
             group["lr"] = args.learning_rate * (1.0 - iteration / iterations)
@@ -155,7 +165,11 @@ def train(args: PPOArgs, **env_kwargs: Any) -> dict[str, Any]:
         returns = advantage + values
         history.append(update(agent, optimizer, args, obs.flatten(0, 1), actions.flatten(), logprobs.flatten(),
                               advantage.flatten(), returns.flatten(), values.flatten()))
-    seconds = time.perf_counter() - began
+        if callback is not None:
+            called = time.perf_counter()
+            callback((iteration + 1) * batch_size, agent)
+            outside += time.perf_counter() - called
+    seconds = time.perf_counter() - began - outside
     envs.close()
     tail = successes[-max(1, len(successes) // 4):] if successes else []
     return {"steps": iterations * batch_size, "seconds": seconds, "steps_per_second": iterations * batch_size / seconds,

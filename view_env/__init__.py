@@ -17,6 +17,7 @@ from view_env.core import (
     AUG_RANGES,
     AUGMENTATIONS,
     BOOLEAN_AUGS,
+    DIFFICULTIES,
     IDENTITY,
     EnvParams,
     augment,
@@ -28,8 +29,8 @@ from view_env.data import default_canvas_size
 from view_env.render import render_views
 
 __all__ = [
-    "AUGMENTATIONS", "AUG_RANGES", "BOOLEAN_AUGS", "ENV_IDS", "IDENTITY", "EnvParams", "augment", "default_canvas_size",
-    "identity_aug", "initial_boxes", "render_views", "strength_to_aug",
+    "AUGMENTATIONS", "AUG_RANGES", "BOOLEAN_AUGS", "DIFFICULTIES", "ENV_IDS", "IDENTITY", "EnvParams", "augment",
+    "default_canvas_size", "identity_aug", "initial_boxes", "render_views", "strength_to_aug",
 ]
 
 __version__ = "0.1.0"
@@ -44,7 +45,20 @@ ENV_IDS: dict[str, dict[str, object]] = {
     # image-only observations (what CleanRL's and SB3's CNN agents take).
     "ViewTransform-Shapes-Search-v0": {"dataset": "shapes", "task": "search", "obs_mode": "dict"},
     "ViewTransform-Shapes-SearchCircle-v0": {"dataset": "shapes", "task": "search", "target": "circle"},
+    # The same search at the easier difficulty levels (view_env.core.DIFFICULTIES; docs/envs.md has their numbers).
+    "ViewTransform-Shapes-SearchCircle-Easy-v0": {"dataset": "shapes", "task": "search", "target": "circle",
+                                                  "difficulty": "easy"},
+    "ViewTransform-Shapes-SearchCircle-Medium-v0": {"dataset": "shapes", "task": "search", "target": "circle",
+                                                    "difficulty": "medium"},
 }
+
+
+
+def _episode_steps(kwargs: dict[str, object]) -> int:
+    """The registered episode length: the difficulty level's, else the default 16."""
+    level = DIFFICULTIES.get(str(kwargs.get("difficulty")), {})
+    return int(level.get("max_episode_steps", EnvParams.max_episode_steps))  # type: ignore[call-overload]
+
 
 for _id, _kwargs in ENV_IDS.items():
     if _id not in gym.registry:
@@ -52,6 +66,6 @@ for _id, _kwargs in ENV_IDS.items():
             id=_id,
             entry_point="view_env.single:ViewTransformEnv",
             vector_entry_point="view_env.vector:ViewTransformVectorEnv",
-            max_episode_steps=16,
+            max_episode_steps=_episode_steps(_kwargs),
             kwargs=dict(_kwargs),
         )

@@ -45,6 +45,15 @@ GEOMETRY_ACTIONS: tuple[str, ...] = (
     "noop", "pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out", "wider", "taller",
 )
 ACTION_MODES = ("discrete", "continuous", "absolute")
+#: Search difficulty levels: the :class:`EnvParams` fields each level sets (arguments given beside
+#: ``difficulty=`` take precedence). Chosen by measurement (docs/envs.md, "Difficulty levels"): ``"easy"`` and
+#: ``"medium"`` have geometric actions only, start from the whole image and search for a large target (at least 10%
+#: or 5% of the image) within 4 or 8 steps; ``"hard"`` is the default search.
+DIFFICULTIES: dict[str, dict[str, object]] = {
+    "easy": {"augmentations": (), "init_scale": (1.0, 1.0), "min_target_area": 0.1, "max_episode_steps": 4},
+    "medium": {"augmentations": (), "init_scale": (1.0, 1.0), "min_target_area": 0.05, "max_episode_steps": 8},
+    "hard": {},
+}
 OBS_MODES = ("view", "dict")
 
 Task = str | Callable[[torch.Tensor], torch.Tensor]
@@ -87,6 +96,8 @@ class EnvParams:
         target: The search target: ``"random"`` (each episode draws one from its image; needs ``obs_mode="dict"``
             so that the target is observed) or a category index (every episode searches for it, in an image that
             holds it; works with ``obs_mode="view"``). The vector environment also takes a category name.
+        min_target_area: Search only: the target is drawn among objects whose box covers at least this fraction of
+            the image's area, in an image that holds one (``0``: any object). Larger targets are easier to find.
     """
 
     obs_size: int = 64
@@ -109,6 +120,7 @@ class EnvParams:
     success_coverage: float = 0.3
     task: Task = "none"
     target: str | int = "random"
+    min_target_area: float = 0.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, expected: str) -> None:
@@ -145,6 +157,11 @@ class EnvParams:
              "'random' or a category index >= 0 (the vector environment also takes a category name)")
         if fixed and self.task != "search":
             raise ValueError(f"target={self.target!r} is given but task={self.task!r}: a target needs task='search'")
+        need(isinstance(self.min_target_area, (int, float)) and 0 <= self.min_target_area < 1, "min_target_area",
+             "a fraction of the image area in [0, 1)")
+        if self.min_target_area > 0 and self.task != "search":
+            raise ValueError(f"min_target_area={self.min_target_area!r} is given but task={self.task!r}: it selects "
+                             "search targets, so it needs task='search'")
         if self.task == "search" and self.target == "random" and self.obs_mode != "dict":
             raise ValueError("task='search' with target='random' needs obs_mode='dict', so that the target is part of "
                              f"the observation; got obs_mode={self.obs_mode!r} (or pass a fixed target=, e.g. "
@@ -177,8 +194,9 @@ class EnvData:
         num_categories: ``A``, the length of an annotation vector.
         neighbours: ``int64 [P, 2]`` the slot of each slot's previous and next frame (itself where there is none)
             for the temporal actions of video, or ``None`` without them.
-        target_slots: ``int64 [T]`` the slots whose image holds the fixed search target (``EnvParams.target`` an
-            index), from which episodes draw their image; ``None`` otherwise.
+        target_slots: ``int64 [T]`` the slots whose image holds an eligible search target (the fixed
+            ``EnvParams.target``, and at least ``EnvParams.min_target_area`` of the image), from which episodes
+            draw their image; ``None`` when every image is eligible (a random target of any size).
     """
 
     sizes: torch.Tensor
@@ -509,7 +527,8 @@ def grid_coverage(view: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
 
 def draw_targets(uniforms: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, params: EnvParams,
                  fixed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw a search target per environment: the category of a uniformly drawn object of its image, or ``fixed``.
+    """Draw a search target per environment: the category of a uniformly drawn eligible object of its image, or
+    ``fixed``. An object is eligible when its box covers at least ``params.min_target_area`` of the image.
 
     Args:
         uniforms: ``float32 [N]`` uniform draws.
@@ -518,21 +537,41 @@ def draw_targets(uniforms: torch.Tensor, labels: torch.Tensor, boxes: torch.Tens
         fixed: A category index every environment searches for, instead of a drawn one.
 
     Returns:
-        ``int64 [N]`` targets (``-1`` for an image without objects, or without the fixed target) and
+        ``int64 [N]`` targets (``-1`` for an image without an eligible object, or without the fixed target) and
         ``float32 [N]`` the coverage that counts as success: ``min(success_coverage, 0.8 * a / min_scale)`` with
         ``a`` the area of the target's largest object, so that every target can be reached.
     """
-    count = (labels >= 0).sum(dim=1)
-    pick = (uniforms * count).long().clamp(max=max(labels.shape[1] - 1, 0))
     if labels.shape[1] == 0:
-        return torch.full_like(count, -1), torch.ones_like(uniforms)
-    target = torch.where(count > 0, labels.gather(1, pick[:, None]).squeeze(1), -1)
-    if fixed is not None:
-        target = torch.where((labels == fixed).any(dim=1), fixed, -1)
+        return torch.full(labels.shape[:1], -1, dtype=torch.int64, device=labels.device), torch.ones_like(uniforms)
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (N, M)
+    eligible = (labels >= 0) & (area >= params.min_target_area)  # (N, M)
+    if fixed is not None:
+        eligible &= labels == fixed
+    count = eligible.sum(dim=1)  # (N,)
+    pick = (uniforms * count).long().clamp(max=max(labels.shape[1] - 1, 0))  # the pick-th eligible object
+    first = (eligible.long().cumsum(dim=1) > pick[:, None]) & eligible  # True from the picked object on
+    chosen = first.long().argmax(dim=1)  # (N,) its column
+    target = torch.where(count > 0, labels.gather(1, chosen[:, None]).squeeze(1), -1)
     largest = torch.where(labels == target[:, None], area, 0).amax(dim=1)
     reachable = 0.8 * (largest / params.min_scale).clamp(max=1.0)
     return target, torch.minimum(torch.full_like(reachable, params.success_coverage), reachable)
+
+
+def eligible_slots(params: EnvParams, labels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor | None:
+    """``int64 [T]``: the bank slots whose image holds an eligible search target (see :func:`draw_targets`), for
+    :attr:`EnvData.target_slots`; ``None`` when every image is (no search, or a random target of any size).
+
+    Args:
+        labels: ``int64 [P, M]`` object categories of the bank (``-1`` padding).
+        boxes: ``float32 [P, M, 4]`` their boxes, normalised.
+    """
+    if params.task != "search" or (params.target == "random" and params.min_target_area <= 0):
+        return None
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    eligible = (labels >= 0) & (area >= params.min_target_area)
+    if params.target != "random":
+        eligible &= labels == int(params.target)
+    return eligible.any(dim=1).nonzero().flatten()
 
 
 def reset(params: EnvParams, data: EnvData, state: EnvState, mask: torch.Tensor, key: Key) -> EnvState:
@@ -547,7 +586,7 @@ def reset(params: EnvParams, data: EnvData, state: EnvState, mask: torch.Tensor,
     """
     episode = state.episode + mask.long()  # the counter of a fresh episode
     u = rng.uniform(key.seed, key.env_ids, episode, 6 + len(params.augmentations))
-    if data.target_slots is not None:  # a fixed target: an image that holds it
+    if data.target_slots is not None:  # an image that holds an eligible target
         pick = (u[:, 0] * len(data.target_slots)).long().clamp(max=len(data.target_slots) - 1)
         slot = data.target_slots[pick]
     else:

@@ -27,6 +27,7 @@ class ViewTransformEnv(gym.Env):
 
     ``max_episode_steps`` defaults to ``None`` here: ``gym.make`` adds Gymnasium's ``TimeLimit`` (16 steps unless
     ``gym.make(..., max_episode_steps=K)``). Pass ``max_episode_steps=K`` when constructing the class directly.
+    A search ``difficulty=`` that shortens episodes truncates them itself (before any longer ``TimeLimit``).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -37,8 +38,9 @@ class ViewTransformEnv(gym.Env):
                 raise TypeError(f"{forbidden}= is not an argument of the single environment; use "
                                 "gym.make_vec(..., num_envs=N) for a batch")
         device = torch.device(kwargs.pop("device", "cpu"))
+        if max_episode_steps is not None or kwargs.get("difficulty") is None:  # else the level's episode length
+            kwargs["max_episode_steps"] = max_episode_steps
         self.vector = ViewTransformVectorEnv(1, device=device, render_mode=render_mode,
-                                             max_episode_steps=max_episode_steps,
                                              autoreset_mode=AutoresetMode.DISABLED, **kwargs)
         self.observation_space = self.vector.single_observation_space
         self.action_space = self.vector.single_action_space

@@ -62,6 +62,9 @@ class ViewTransformVectorEnv(VectorEnv):
         target: With ``task="search"``: ``"random"`` (each episode draws its target; needs ``obs_mode="dict"``) or
             a fixed target, a category name (``"circle"``) or index, searched for in images that hold it (image-only
             observations work).
+        difficulty: With ``task="search"``: ``"easy"``, ``"medium"`` or ``"hard"`` (see
+            :data:`~view_env.core.DIFFICULTIES`), a preset of the fields below; fields given beside it win.
+            ``None`` (default) is the default search (``"hard"``).
         autoreset_mode: ``"same_step"`` (default), ``"next_step"`` or ``"disabled"``.
         render_mode: ``None`` or ``"rgb_array"``.
         temporal: Add the Video environment's temporal actions (previous/next frame).
@@ -86,6 +89,7 @@ class ViewTransformVectorEnv(VectorEnv):
         max_images: int | None = None,
         task: core.Task = "none",
         target: str | int = "random",
+        difficulty: str | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
         render_mode: str | None = None,
         temporal: bool = False,
@@ -97,9 +101,18 @@ class ViewTransformVectorEnv(VectorEnv):
         if unknown:
             raise TypeError(
                 f"unknown keyword argument(s) {unknown} for a ViewTransform environment; expected environment "
-                f"arguments (dataset, root, split, bank, device, canvas_size, max_images, task, autoreset_mode, "
-                f"render_mode, temporal, dataset_kwargs, progress) or EnvParams fields {list(_PARAM_NAMES)}"
+                f"arguments (dataset, root, split, bank, device, canvas_size, max_images, task, target, difficulty, "
+                f"autoreset_mode, render_mode, temporal, dataset_kwargs, progress) or EnvParams fields "
+                f"{list(_PARAM_NAMES)}"
             )
+        if difficulty is not None:
+            if not isinstance(difficulty, str) or difficulty not in core.DIFFICULTIES:
+                raise ValueError(f"difficulty={difficulty!r} is invalid: expected one of {list(core.DIFFICULTIES)} "
+                                 "(or None)")
+            if task != "search":
+                raise ValueError(f"difficulty={difficulty!r} is given but task={task!r}: difficulty levels are "
+                                 "levels of the search task, so they need task='search'")
+            params = {**core.DIFFICULTIES[difficulty], **params}
         if isinstance(params.get("augmentations"), list):
             params["augmentations"] = tuple(params["augmentations"])
         if not (isinstance(target, str) and target == "random") and task != "search":
@@ -230,14 +243,16 @@ class ViewTransformVectorEnv(VectorEnv):
         return int(target)
 
     def _find_target_slots(self) -> torch.Tensor | None:
-        """``int64 [T]``: the bank slots whose image holds the fixed target (``None`` for a random target)."""
-        if self.params.target == "random":
-            return None
-        slots = (self.bank.labels == self.params.target).any(dim=1).nonzero().flatten()
-        if len(slots) == 0:
-            name = self.bank.dataset.categories[self.params.target]
-            raise ValueError(f"target={name!r}: no image in the bank holds a {name!r}, so no episode could succeed; "
-                             "choose another target or a larger bank (max_images)")
+        """``int64 [T]``: the bank slots whose image holds an eligible search target (``None``: every slot)."""
+        slots = core.eligible_slots(self.params, self.bank.labels, self.bank.boxes)
+        if slots is not None and len(slots) == 0:
+            target = self.params.target
+            what = "an object" if target == "random" else f"a {self.bank.dataset.categories[target]!r}"
+            size = (f" covering at least min_target_area={self.params.min_target_area} of the image"
+                    if self.params.min_target_area > 0 else "")
+            raise ValueError(f"target={'random' if target == 'random' else self.bank.dataset.categories[target]!r}:"
+                             f" no image in the bank holds {what}{size}, so no episode could succeed; choose another "
+                             "target, a smaller min_target_area or a larger bank (max_images)")
         return slots
 
     def _temporal_links(self) -> torch.Tensor:
