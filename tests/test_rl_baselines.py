@@ -38,7 +38,7 @@ def test_smallest_settings_print_the_table_and_write_the_plot(level_shapes, tmp_
             if line.startswith("| ") and not line.startswith("| level")}
     assert set(rows) == {(level, method) for level in ("easy", "hard")
                          for method in ("random", "oracle", "ppo", "a2c", "dqn", "torch-ppo")}
-    for (level, method), line in rows.items():
+    for (_, method), line in rows.items():
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert 0.0 <= float(cells[2].split(" ± ")[0]) <= 1.0  # success rate
         if method in rl_baselines.ALGORITHMS:
