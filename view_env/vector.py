@@ -346,27 +346,32 @@ class ViewTransformVectorEnv(VectorEnv):
         info = self._info(annotation)
         self._ended = done
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
-            info["final_obs"] = obs
-            info["_final_obs"] = done
-            info["final_info"] = dict(info)
-            info["_final_info"] = done
-            del info["final_info"]["final_obs"], info["final_info"]["_final_obs"]
             if pool:
                 if bool(done.any()):
                     self._reset_where(done)
             else:
                 self.state = core.reset(self.params, self.data, self.state, done, self._key)
             self._ended = torch.zeros_like(done)
-            if self._compact_restarts or pool:  # render and annotate only the rows that restarted
+            if self._compact_restarts or pool:
+                # Only the rows that restarted are rendered and annotated again; the last observations of the
+                # others are not needed (final_obs is valid where _final_obs holds; its other rows are zeros).
                 rows = done.nonzero().flatten()
-                obs = _scatter_rows(obs, rows, self._observe(rows))
-                annotation = annotation.index_copy(0, rows, core.annotate(self.params, self.data,
-                                                                          self.state.rows(rows)))
+                final_obs = _zeros_with_rows(obs, rows)
+                _assign_rows(obs, rows, self._observe(rows))
+                final_annotation = annotation
+                annotation = annotation.clone()
+                annotation[rows] = core.annotate(self.params, self.data, self.state.rows(rows))
             else:  # every row, selected without asking the device which rows restarted
+                final_obs = _where_rows(done, obs, 0)
                 obs = _where_rows(done, self._observe(), obs)
+                final_annotation = annotation
                 annotation = torch.where(done[:, None], core.annotate(self.params, self.data, self.state),
                                          annotation)
+            info["final_info"] = dict(info, annotation=final_annotation)
+            info["_final_info"] = done
             info.update(self._info(annotation))
+            info["final_obs"] = final_obs
+            info["_final_obs"] = done
         return obs, reward, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
@@ -471,17 +476,29 @@ class ViewTransformVectorEnv(VectorEnv):
 
 
 def _where_rows(mask: torch.Tensor, new: Any, old: Any) -> Any:
-    """Observation ``new`` where ``mask`` (``bool [N]``) holds, else ``old`` (tensors or dicts of tensors)."""
+    """Observation ``new`` where ``mask`` (``bool [N]``) holds, else ``old`` (tensors or dicts of tensors, or a
+    scalar)."""
     if isinstance(new, dict):
-        return {k: _where_rows(mask, new[k], old[k]) for k in new}
+        return {k: _where_rows(mask, new[k], old[k] if isinstance(old, dict) else old) for k in new}
     return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)
 
 
-def _scatter_rows(full: Any, rows: torch.Tensor, part: Any) -> Any:
-    """A copy of observation ``full`` (tensor or dict of tensors, ``[N, ...]``) with ``rows`` replaced by ``part``."""
+def _zeros_with_rows(full: Any, rows: torch.Tensor) -> Any:
+    """Zeros shaped like observation ``full`` (tensor or dict of tensors, ``[N, ...]``) holding its ``rows``."""
     if isinstance(full, dict):
-        return {k: _scatter_rows(full[k], rows, part[k]) for k in full}
-    return full.index_copy(0, rows, part)
+        return {k: _zeros_with_rows(full[k], rows) for k in full}
+    out = torch.zeros_like(full)
+    out[rows] = full[rows]
+    return out
+
+
+def _assign_rows(full: Any, rows: torch.Tensor, part: Any) -> None:
+    """Write ``part`` into ``rows`` of observation ``full`` in place."""
+    if isinstance(full, dict):
+        for k in full:
+            _assign_rows(full[k], rows, part[k])
+    else:
+        full[rows] = part
 
 
 def draw_boxes(images: torch.Tensor, boxes: torch.Tensor, colour: tuple[int, int, int] = (255, 32, 32),
