@@ -257,6 +257,11 @@ class EnvState:
         """The state of the environments in ``index`` (``int64 [K]``), a new ``K``-row state."""
         return EnvState(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    def put(self, index: torch.Tensor, other: EnvState) -> EnvState:
+        """A new state: this one with the rows in ``index`` (``int64 [K]``) replaced by ``other``'s ``K`` rows."""
+        return EnvState(**{f.name: getattr(self, f.name).index_copy(0, index, getattr(other, f.name))
+                           for f in fields(self)})
+
 
 def identity_aug(num_envs: int, device: torch.device) -> torch.Tensor:
     """``float32 [N, 7]``: every augmentation at its identity value."""
