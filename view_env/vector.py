@@ -350,20 +350,20 @@ class ViewTransformVectorEnv(VectorEnv):
             if self._compact_restarts or pool:
                 # Only the rows that restarted are reset, rendered and annotated again; the last observations of
                 # the others are not needed (final_obs is valid where _final_obs holds; its other rows are zeros).
-                rows = done.nonzero().flatten()
-                if pool:
-                    if len(rows):
-                        self._reset_where(done)
-                else:
-                    key = core.Key(self._key.seed, self._key.env_ids[rows])
-                    restarted = self.state.rows(rows)
-                    every = torch.ones(len(rows), dtype=torch.bool, device=self.device)
-                    self.state = self.state.put(rows, core.reset(self.params, self.data, restarted, every, key))
+                rows = done.nonzero().flatten()  # on the CPU its length is known without waiting
                 final_obs = _zeros_with_rows(obs, rows)
-                _assign_rows(obs, rows, self._observe(rows))
                 final_annotation = annotation
-                annotation = annotation.clone()
-                annotation[rows] = core.annotate(self.params, self.data, self.state.rows(rows))
+                if len(rows):
+                    if pool:
+                        self._reset_where(done)
+                    else:
+                        key = core.Key(self._key.seed, self._key.env_ids[rows])
+                        every = torch.ones(len(rows), dtype=torch.bool, device=self.device)
+                        fresh = core.reset(self.params, self.data, self.state.rows(rows), every, key)
+                        self.state = self.state.put(rows, fresh)
+                    _assign_rows(obs, rows, self._observe(rows))
+                    annotation = annotation.clone()
+                    annotation[rows] = core.annotate(self.params, self.data, self.state.rows(rows))
             else:  # every row, selected without asking the device which rows restarted
                 self.state = core.reset(self.params, self.data, self.state, done, self._key)
                 final_obs = _where_rows(done, obs, 0)
