@@ -1,20 +1,25 @@
 """Environment steps per second: the batched ViewTransform environment against per-environment PIL baselines.
 
-For each observation size and number of environments, in the same run:
+For each observation size, number of environments and action set, in the same run:
 
-- ``view_env``: :class:`view_env.vector.ViewTransformVectorEnv` on each device (CPU, and CUDA when present);
+- ``view_env``: :class:`view_env.vector.ViewTransformVectorEnv` on each device (CPU, and CUDA when present; CUDA
+  steps are timed with CUDA events), with ``check_actions=False`` so that no step waits for the device;
 - ``sync`` / ``async``: the same MDP written per environment with PIL and numpy (``benchmarks/pil_env.py``) under
   Gymnasium's ``SyncVectorEnv`` and ``AsyncVectorEnv`` (one process per environment, so async is run up to
-  ``--max-async`` environments);
-- ``ceiling``: the time merely to copy one step's output bytes (``uint8 [N, 3, S, S]``) on the device, the most
-  steps per second any implementation that writes its observations could reach.
+  ``--max-async`` environments). With the ``geometric`` action set (pans, zooms and aspect changes only) the
+  baseline is the minimal PIL env (crop + antialiased resize + coverage) and view_env has no augmentations; with
+  ``all`` both toggle every augmentation on and off (the full PIL env: ``ImageEnhance`` jitter, an HSV hue shift,
+  grayscale and Gaussian blur);
+- ``ceiling``: the time merely to copy one step's output bytes (``uint8 [N, 3, S, S]``) on the device.
 
-All implementations take the same random discrete actions (so every augmentation gets toggled on and off). The
-table gives environment steps per second (``num_envs`` x vector steps / s) and the ratios. ``--write-docs``
-replaces this benchmark's section of docs/benchmarks.md with the table, the machine and the commit.
+A second table splits the time of one view_env step on the CPU (``--split-envs`` environments, and one) into its
+parts, each timed alone on the same state: rendering, annotations (exact coverage), the move, the autoreset of the
+rows that ended (reset, render and annotate them), and the rest (argument handling, info assembly, Python).
+``--write-docs`` replaces this benchmark's section of docs/benchmarks.md with both tables, the machine and the commit.
 
-    python benchmarks/env_throughput.py                 # the full table (about 5 minutes on 2 cores)
+    python benchmarks/env_throughput.py                 # the full tables (about 6 minutes on 2 cores)
     python benchmarks/env_throughput.py --quick         # 1, 16 and 256 environments at 64 px
+    python benchmarks/env_throughput.py --devices cuda --num-envs 1024 4096 16384 --obs-sizes 64  # on a GPU
 """
 
 from __future__ import annotations
@@ -33,14 +38,17 @@ from pil_env import PILViewEnv
 
 from agents import cli
 from agents.cli import check, option
+from view_env import core
 from view_env.data import ImageBank, ShapesDataset, default_canvas_size
-from view_env.vector import ViewTransformVectorEnv
+from view_env.render import render_views
+from view_env.vector import ViewTransformVectorEnv, aug_from_state
 
 START, END = "<!-- env_throughput:start -->", "<!-- env_throughput:end -->"
+ACTION_SETS = ("geometric", "all")
 
 
 def timed(step: Callable[[int], None], seconds: float, min_steps: int = 3, warmup: int = 2) -> float:
-    """Vector steps per second of ``step(i)``, run for at least ``seconds`` and ``min_steps`` steps."""
+    """Calls per second of ``step(i)``, run for at least ``seconds`` and ``min_steps`` calls."""
     for i in range(warmup):
         step(i)
     count, start = 0, time.perf_counter()
@@ -50,19 +58,39 @@ def timed(step: Callable[[int], None], seconds: float, min_steps: int = 3, warmu
     return count / (time.perf_counter() - start)
 
 
+def timed_cuda(step: Callable[[int], None], seconds: float, min_steps: int = 3, warmup: int = 2) -> float:
+    """Calls per second of ``step(i)`` on the current CUDA stream, timed with CUDA events (the host only queues)."""
+    for i in range(warmup):
+        step(i)
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    count, start = 0, time.perf_counter()
+    begin.record()
+    while count < min_steps or time.perf_counter() - start < seconds:
+        step(warmup + count)
+        count += 1
+    end.record()
+    end.synchronize()
+    return count / (begin.elapsed_time(end) / 1000)
+
+
 @dataclass
 class ThroughputArgs:
     """Arguments of ``benchmarks/env_throughput.py``."""
 
     num_envs: list[int] = option([1, 16, 256, 1024], "numbers of environments")
     obs_sizes: list[int] = option([64, 224], "observation sizes, pixels")
+    actions: list[str] = option(list(ACTION_SETS), "action sets: geometric (vs the minimal PIL env) and all "
+                                "(every augmentation, vs the full PIL env)", choices=ACTION_SETS)
     devices: list[str] | None = option(None, "devices of view_env (default: cpu, and cuda when available)")
     images: int = option(2000, "images in the bank (from the default Shapes set)")
     shapes_root: str | None = option(None, "a Shapes set to read (default: the cached default set)")
     seconds: float = option(1.0, "minimum time per measurement")
     max_async: int = option(256, "largest num_envs run under AsyncVectorEnv")
+    max_pil: int = option(1024, "largest num_envs run under the PIL baselines (beyond it only view_env is timed)")
+    split_envs: int = option(256, "environments of the step-time split (0: no split)")
     quick: bool = option(False, "1, 16 and 256 environments at 64 px, 0.5 s each")
-    write_docs: bool = option(False, f"write the table into {DOCS.relative_to(ROOT)}")
+    write_docs: bool = option(False, f"write the tables into {DOCS.relative_to(ROOT)}")
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -77,6 +105,8 @@ class ThroughputArgs:
         check(self.images >= 1, "images", self.images, "an integer >= 1")
         check(self.seconds > 0, "seconds", self.seconds, "a number > 0")
         check(self.max_async >= 0, "max_async", self.max_async, "an integer >= 0")
+        check(self.max_pil >= 0, "max_pil", self.max_pil, "an integer >= 0")
+        check(self.split_envs >= 0, "split_envs", self.split_envs, "an integer >= 0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,71 +115,125 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     dataset = ShapesDataset(args.shapes_root)
     indices = range(min(args.images, len(dataset)))
-    rows = []
-    print(f"| obs | num_envs | view_env ({' / '.join(devices)}) | sync PIL | async PIL | copy ceiling | vs sync | "
-          "vs async | of ceiling |")
+    rows, splits = [], []
+    print(header(devices))
     for obs_size in args.obs_sizes:
         canvas = default_canvas_size(obs_size)
         bank = ImageBank.from_dataset(dataset, canvas_size=canvas, indices=indices, progress=False)
-        factory = pil_factory(bank, obs_size)
-        for num_envs in args.num_envs:
-            row = measure_row(bank, factory, obs_size, num_envs, devices, args)
-            rows.append(row)
-            print(format_row(row, devices), flush=True)
+        for action_set in args.actions:
+            factory = pil_factory(bank, obs_size, augment=action_set == "all")
+            for num_envs in args.num_envs:
+                row = measure_row(bank, factory, obs_size, num_envs, action_set, devices, args)
+                rows.append(row)
+                print(format_row(row, devices), flush=True)
+            if args.split_envs and "cpu" in devices:
+                for num_envs in sorted({1, args.split_envs}):
+                    splits.append(step_split(bank, obs_size, num_envs, action_set, args.seconds))
+                    print(format_split(splits[-1]), flush=True)
     wall = time.perf_counter() - started
     table = render_table(rows, devices)
-    print(f"\nwall time {wall:.0f} s on {machine()}, commit {commit()}")
+    split_table = render_split(splits) if splits else ""
+    print(f"\n{split_table}\n\nwall time {wall:.0f} s on {machine()}, commit {commit()}")
     if args.write_docs:
-        write_docs(table, wall, " ".join(sys.argv[1:] if argv is None else argv))
+        write_docs(table, split_table, wall, " ".join(sys.argv[1:] if argv is None else argv))
         print(f"wrote {DOCS}")
     return 0
 
 
-def pil_factory(bank: ImageBank, obs_size: int) -> Callable[[], gym.Env]:
+def pil_factory(bank: ImageBank, obs_size: int, augment: bool = True) -> Callable[[], gym.Env]:
     """A constructor of baseline environments sharing one copy of the bank's canvases as PIL images."""
     canvases = [Image.fromarray(c) for c in bank.images.permute(0, 2, 3, 1).numpy()]
     valid = bank.labels >= 0
     boxes = [b[v].numpy() for b, v in zip(bank.boxes, valid, strict=True)]
     labels = [lab[v].numpy() for lab, v in zip(bank.labels, valid, strict=True)]
     aspects = (bank.sizes[:, 1] / bank.sizes[:, 0]).numpy()
-    return lambda: PILViewEnv(canvases, boxes, labels, aspects, bank.num_categories, obs_size)
+    return lambda: PILViewEnv(canvases, boxes, labels, aspects, bank.num_categories, obs_size, augment=augment)
 
 
 def vector_rate(env: gym.vector.VectorEnv, actions: np.ndarray | torch.Tensor, seconds: float) -> float:
     """Environment steps per second of ``env`` under the rows of ``actions`` in turn."""
     env.reset(seed=0)
-    synchronise = isinstance(actions, torch.Tensor) and actions.device.type == "cuda"
-
-    def step(i: int) -> None:
-        env.step(actions[i % len(actions)])
-        if synchronise:
-            torch.cuda.synchronize()
-
-    rate = env.num_envs * timed(step, seconds)
+    on_cuda = isinstance(actions, torch.Tensor) and actions.device.type == "cuda"
+    rate = env.num_envs * (timed_cuda if on_cuda else timed)(lambda i: env.step(actions[i % len(actions)]), seconds)
     env.close()
     return rate
 
 
-def measure_row(bank: ImageBank, factory: Callable[[], gym.Env], obs_size: int, num_envs: int, devices: list[str],
-                args: ThroughputArgs) -> dict:
-    actions = np.random.default_rng(0).integers(0, 16, size=(64, num_envs))
+def make_env(bank: ImageBank, num_envs: int, obs_size: int, action_set: str, device: str = "cpu"
+             ) -> ViewTransformVectorEnv:
+    """view_env for one action set: no augmentations for ``geometric`` (nine actions), all seven for ``all``."""
+    augmentations = () if action_set == "geometric" else core.AUGMENTATIONS
+    return ViewTransformVectorEnv(num_envs, bank=bank if device == "cpu" else _to(bank, device), device=device,
+                                  obs_size=obs_size, augmentations=augmentations, check_actions=False)
+
+
+def measure_row(bank: ImageBank, factory: Callable[[], gym.Env], obs_size: int, num_envs: int, action_set: str,
+                devices: list[str], args: ThroughputArgs) -> dict:
+    count = 9 if action_set == "geometric" else 16
+    actions = np.random.default_rng(0).integers(0, count, size=(64, num_envs))
     ours = {}
     for device in devices:
-        env = ViewTransformVectorEnv(num_envs, bank=bank if device == "cpu" else _to(bank, device), device=device,
-                                     obs_size=obs_size)
+        env = make_env(bank, num_envs, obs_size, action_set, device)
         ours[device] = vector_rate(env, torch.as_tensor(actions, device=device), args.seconds)
-    sync = vector_rate(gym.vector.SyncVectorEnv([factory for _ in range(num_envs)]), actions, args.seconds)
-    asynchronous = float("nan")
-    if num_envs <= args.max_async:
+    sync = asynchronous = float("nan")
+    if num_envs <= args.max_pil:
+        sync = vector_rate(gym.vector.SyncVectorEnv([factory for _ in range(num_envs)]), actions, args.seconds)
+    if num_envs <= min(args.max_async, args.max_pil):
         vec = gym.vector.AsyncVectorEnv([factory for _ in range(num_envs)], context="fork")
         asynchronous = vector_rate(vec, actions, args.seconds)
     source = torch.empty((num_envs, 3, obs_size, obs_size), dtype=torch.uint8, device=devices[-1])
     target = torch.empty_like(source)
-    ceiling = num_envs * timed(lambda i: target.copy_(source), min(args.seconds, 0.3), min_steps=20)
+    copy = timed_cuda if source.device.type == "cuda" else timed
+    ceiling = num_envs * copy(lambda i: target.copy_(source), min(args.seconds, 0.3), min_steps=20)
     cpu = ours.get("cpu", ours[devices[-1]])
-    return {"obs": obs_size, "num_envs": num_envs, "ours": ours, "sync": sync, "async": asynchronous,
-            "ceiling": ceiling, "vs_sync": cpu / sync, "vs_async": cpu / asynchronous,
+    return {"obs": obs_size, "num_envs": num_envs, "actions": action_set, "ours": ours, "sync": sync,
+            "async": asynchronous, "ceiling": ceiling, "vs_sync": cpu / sync, "vs_async": cpu / asynchronous,
             "of_ceiling": ours[devices[-1]] / ceiling}
+
+
+def step_split(bank: ImageBank, obs_size: int, num_envs: int, action_set: str, seconds: float) -> dict:
+    """Milliseconds of one CPU step and of its parts, each timed alone on the state the steps reach.
+
+    ``autoreset`` is what the step spends on the rows that ended: resetting, rendering and annotating that many
+    rows (the mean number per step, measured over the timed steps); ``rest`` is the step minus the parts.
+    """
+    env = make_env(bank, num_envs, obs_size, action_set)
+    count = 9 if action_set == "geometric" else 16
+    actions = torch.as_tensor(np.random.default_rng(1).integers(0, count, size=(64, num_envs)))
+    env.reset(seed=0)
+    ended = []
+
+    def step(i: int) -> None:
+        _, _, terminated, truncated, _ = env.step(actions[i % len(actions)])
+        ended.append(int((terminated | truncated).sum()))
+
+    step_ms = 1000 / timed(step, seconds)
+    state, params, data = env.state, env.params, env.data
+    aug = aug_from_state(state.aug)
+
+    def ms(work: Callable[[], object]) -> float:
+        return 1000 / timed(lambda i: work(), min(seconds, 0.5), min_steps=5)
+
+    render = ms(lambda: render_views(bank.images, state.slot, state.box, obs_size, aug, check=False,
+                                     max_blur_sigma=core.AUG_RANGES["blur"][1]))
+    annotate = ms(lambda: core.annotate(params, data, state))
+    move = ms(lambda: core.move(params, data, state, actions[0]))
+    k = max(1, round(float(np.mean(ended))))  # rows restarted per step, on average
+    rows = torch.arange(min(k, num_envs))
+    part = state.rows(rows)
+    every = torch.ones(len(rows), dtype=torch.bool)
+
+    def autoreset() -> None:
+        fresh = core.reset(params, data, part, every, core.Key(0, rows))
+        render_views(bank.images, fresh.slot, fresh.box, obs_size, aug_from_state(fresh.aug), check=False,
+                     max_blur_sigma=core.AUG_RANGES["blur"][1])
+        core.annotate(params, data, fresh)
+
+    restart = ms(autoreset) * float(np.mean(ended)) / k
+    env.close()
+    rest = step_ms - render - annotate - move - restart
+    return {"obs": obs_size, "num_envs": num_envs, "actions": action_set, "step": step_ms, "render": render,
+            "annotate": annotate, "move": move, "autoreset": restart, "rest": rest}
 
 
 def _to(bank: ImageBank, device: str) -> ImageBank:
@@ -163,32 +247,54 @@ def _rate(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _ratio(value: float) -> str:
+    return "n/a" if value != value else f"{value:.1f}x"
+
+
+def header(devices: list[str]) -> str:
+    return (f"| obs | num_envs | actions | view_env steps/s ({' / '.join(devices)}) | SyncVectorEnv PIL | "
+            "AsyncVectorEnv PIL | copy ceiling | view_env vs sync | view_env vs async | view_env of ceiling |")
+
+
 def format_row(row: dict, devices: list[str]) -> str:
     ours = " / ".join(_rate(row["ours"][d]) for d in devices)
-    ratio = "n/a" if row["vs_async"] != row["vs_async"] else f"{row['vs_async']:.1f}x"
-    return (f"| {row['obs']} | {row['num_envs']} | {ours} | {_rate(row['sync'])} | {_rate(row['async'])} | "
-            f"{_rate(row['ceiling'])} | {row['vs_sync']:.1f}x | {ratio} | {100 * row['of_ceiling']:.1f}% |")
+    return (f"| {row['obs']} | {row['num_envs']} | {row['actions']} | {ours} | {_rate(row['sync'])} | "
+            f"{_rate(row['async'])} | {_rate(row['ceiling'])} | {_ratio(row['vs_sync'])} | "
+            f"{_ratio(row['vs_async'])} | {100 * row['of_ceiling']:.1f}% |")
 
 
 def render_table(rows: list[dict], devices: list[str]) -> str:
-    head = (f"| obs | num_envs | view_env steps/s ({' / '.join(devices)}) | SyncVectorEnv PIL | AsyncVectorEnv PIL | "
-            "copy ceiling | view_env vs sync | view_env vs async | view_env of ceiling |")
-    rule = "|" + "---|" * 9
-    return "\n".join([head, rule] + [format_row(r, devices) for r in rows])
+    rule = "|" + "---|" * 10
+    return "\n".join([header(devices), rule] + [format_row(r, devices) for r in rows])
 
 
-def write_docs(table: str, wall: float, arguments: str) -> None:
+def format_split(row: dict) -> str:
+    parts = " | ".join(f"{row[k]:.3f}" for k in ("step", "render", "annotate", "move", "autoreset", "rest"))
+    return f"| {row['obs']} | {row['num_envs']} | {row['actions']} | {parts} |"
+
+
+def render_split(rows: list[dict]) -> str:
+    head = ("| obs | num_envs | actions | step ms | render | annotations | move | autoreset | rest (Python, "
+            "checks, info) |\n" + "|" + "---|" * 9)
+    return "\n".join([head] + [format_split(r) for r in rows])
+
+
+def write_docs(table: str, split_table: str, wall: float, arguments: str) -> None:
     command = f"python benchmarks/env_throughput.py {arguments}".strip()
-    section = "\n".join([
+    lines = [
         START,
         f"Measured with `{command}` on {machine()}; commit {commit()}; wall time {wall:.0f} s.",
-        "Environment steps per second (num_envs x vector steps per second); higher is better. Async is run up to "
-        "256 environments (one process each).",
+        "Environment steps per second (num_envs x vector steps per second); higher is better. `geometric`: pans, "
+        "zooms and aspect changes, against the minimal PIL env (crop + resize + coverage); `all`: every "
+        "augmentation toggled, against the full PIL env. Async is run up to 256 environments (one process each).",
         "",
         table,
-        END,
-    ])
-    write_section(DOCS, START, END, section, "Environment throughput")
+    ]
+    if split_table:
+        lines += ["", "Where one CPU step's time goes (milliseconds, each part timed alone on the same state):", "",
+                  split_table]
+    lines.append(END)
+    write_section(DOCS, START, END, "\n".join(lines), "Environment throughput")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 It does what one ``ViewTransform`` environment does, the way one would write it without batching: the same
 discrete actions, legal-box projection, random initial views, rendering (PIL crop + antialiased resize, flip,
 ``ImageEnhance`` brightness/contrast/saturation, a hue shift in HSV, grayscale, Gaussian blur) and coverage
-annotations on a 16 x 16 grid, one environment at a time. Gymnasium's ``SyncVectorEnv`` and ``AsyncVectorEnv``
-batch it. It imports neither torch nor view_env, so ``AsyncVectorEnv`` workers stay light.
+annotations on a 16 x 16 grid, one environment at a time. With ``augment=False`` it is the minimal version: the
+nine geometric actions only, crop + resize + coverage, no augmentation code at all. Gymnasium's ``SyncVectorEnv``
+and ``AsyncVectorEnv`` batch it. It imports neither torch nor view_env, so ``AsyncVectorEnv`` workers stay light.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ class PILViewEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, images: list[Image.Image], boxes: list[np.ndarray], labels: list[np.ndarray],
-                 aspects: np.ndarray, num_categories: int, obs_size: int = 64, max_episode_steps: int = 16) -> None:
+                 aspects: np.ndarray, num_categories: int, obs_size: int = 64, max_episode_steps: int = 16,
+                 augment: bool = True) -> None:
         self.images = images  # shared by every environment of a vector, never copied
         self.boxes, self.labels, self.aspects = boxes, labels, aspects
         self.num_categories = num_categories
         self.obs_size = obs_size
         self.max_episode_steps = max_episode_steps
         self.observation_space = gym.spaces.Box(0, 255, (3, obs_size, obs_size), np.uint8)
-        self.action_space = gym.spaces.Discrete(len(MOVES) + len(AUGMENTATIONS))
+        self.augment = augment
+        self.action_space = gym.spaces.Discrete(len(MOVES) + (len(AUGMENTATIONS) if augment else 0))
         t = (np.arange(16) + 0.5) / 16
         self._grid = t
 
@@ -79,6 +82,8 @@ class PILViewEnv(gym.Env):
         side = image.size[0]
         x0, y0, x1, y1 = (v * side for v in self.box)
         view = image.resize((self.obs_size, self.obs_size), Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
+        if not self.augment:
+            return np.asarray(view).transpose(2, 0, 1)
         flip, brightness, contrast, saturation, hue, gray, blur = self.aug
         if flip:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -17,13 +17,31 @@ import env_throughput  # noqa: E402
 
 def test_env_throughput_smallest_settings(tiny_shapes, capsys):
     code = env_throughput.main(["--num-envs", "2", "--obs-sizes", "64", "--seconds", "0.01", "--images", "8",
-                                "--max-async", "2", "--shapes-root", str(tiny_shapes)])
+                                "--max-async", "2", "--split-envs", "2", "--shapes-root", str(tiny_shapes)])
     out = capsys.readouterr().out
     assert code == 0
-    row = next(line for line in out.splitlines() if line.startswith("| 64 | 2 |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert all(c not in ("", "nan") for c in cells)
-    assert float(cells[6].rstrip("x")) > 0  # view_env vs sync
+    for actions in env_throughput.ACTION_SETS:
+        row = next(line for line in out.splitlines() if line.startswith(f"| 64 | 2 | {actions} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(c not in ("", "nan", "n/a") for c in cells)
+        assert float(cells[7].rstrip("x")) > 0  # view_env vs sync
+        for num_envs in (1, 2):  # the step split: every part timed, the parts within the step
+            split = next(line for line in out.splitlines()
+                         if line.startswith(f"| 64 | {num_envs} | {actions} |") and line.count("|") == 10)
+            step, *parts = (float(c) for c in split.strip("|").split("|")[3:])
+            assert step > 0 and all(p >= 0 for p in parts[:-1])
+
+
+def test_minimal_pil_env_has_geometric_actions_only(tiny_shapes):
+    from view_env.data import ImageBank, ShapesDataset
+
+    bank = ImageBank.from_dataset(ShapesDataset(str(tiny_shapes)), canvas_size=64, progress=False)
+    minimal, full = env_throughput.pil_factory(bank, 32, augment=False)(), env_throughput.pil_factory(bank, 32)()
+    assert minimal.action_space.n == 9 and full.action_space.n == 16
+    obs, _ = minimal.reset(seed=0)
+    for action in range(9):
+        obs, *_ = minimal.step(action)
+    assert obs.shape == (3, 32, 32) and obs.dtype == np.uint8
 
 
 def test_commit_is_dirty_for_code_changes_but_not_for_the_docs_benchmarks_write(tmp_path):

@@ -144,3 +144,20 @@ def test_json_that_is_a_directory_is_refused_before_any_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         rl_baselines.main(["--json", str(tmp_path)])
     assert f"--json {tmp_path} is invalid: expected a file path, not a directory" in capsys.readouterr().err
+
+
+def test_levels_numbers_are_written_into_the_environment_card(tmp_path, monkeypatch):
+    envs = tmp_path / "envs.md"
+    envs.write_text(f"card\n{rl_baselines.LEVELS_START}\nold\n{rl_baselines.LEVELS_END}\nrest\n")
+    monkeypatch.setattr(rl_baselines, "ENVS_DOC", envs)
+    results = [rl_baselines.RunResult(level, method, seed, rl_baselines.Evaluation(rate, rate, 3.0), 0, 1.0)
+               for seed in range(2) for level in ("easy", "hard")
+               for method, rate in (("random", 0.4 if level == "easy" else 0.1), ("oracle", 0.9),
+                                    ("torch-ppo", 0.6 + seed / 10))]
+    rows = rl_baselines.summarise(results, ["random", "oracle", "torch-ppo"], ["easy", "hard"])
+    rl_baselines.write_levels(rows, "a test", 50_000, 2)
+    text = envs.read_text()
+    assert text.startswith("card\n") and text.endswith("\nrest\n") and "old" not in text
+    assert "| level | random | torch PPO | oracle |" in text
+    assert "| `easy` | 0.400 ± 0.000 | 0.650 ± 0.071 | 0.900 ± 0.000 |" in text
+    assert "after 50,000 training steps (mean ± sample std over 2 seeds; a test" in text

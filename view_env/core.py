@@ -257,6 +257,11 @@ class EnvState:
         """The state of the environments in ``index`` (``int64 [K]``), a new ``K``-row state."""
         return EnvState(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    def put(self, index: torch.Tensor, other: EnvState) -> EnvState:
+        """A new state: this one with the rows in ``index`` (``int64 [K]``) replaced by ``other``'s ``K`` rows."""
+        return EnvState(**{f.name: getattr(self, f.name).index_copy(0, index, getattr(other, f.name))
+                           for f in fields(self)})
+
 
 def identity_aug(num_envs: int, device: torch.device) -> torch.Tensor:
     """``float32 [N, 7]``: every augmentation at its identity value."""
@@ -641,23 +646,34 @@ def annotate(params: EnvParams, data: EnvData, state: EnvState) -> torch.Tensor:
                     params.coverage_grid)
 
 
-def step(params: EnvParams, data: EnvData, state: EnvState, action: torch.Tensor
+def step(params: EnvParams, data: EnvData, state: EnvState, action: torch.Tensor,
+         restart: torch.Tensor | None = None, key: Key | None = None
          ) -> tuple[EnvState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step of every environment: move, annotate, reward, end; pure (no autoreset: see the vector env).
+    """One step of every environment: move, annotate, reward, end; pure.
 
     Args:
         action: ``int64 [N]`` (discrete) or ``float32 [N, D]``, validated beforehand.
+        restart: ``bool [N]``: environments that begin a new episode (drawn with ``key``, as :func:`reset` draws
+            it) instead of acting, with reward 0 and neither terminated nor truncated (Gymnasium's ``NEXT_STEP``
+            autoreset); ``None``: every environment acts.
 
     Returns:
         The new state, its annotations ``float32 [N, A]``, rewards ``float32 [N]`` (:func:`task_reward`),
         ``terminated`` and ``truncated`` (``bool [N]``; truncated after ``max_episode_steps`` unless terminated).
     """
-    state = move(params, data, state, action)
-    annotation = annotate(params, data, state)
-    reward, terminated = task_reward(params.task, annotation, state)
+    moved = move(params, data, state, action)
+    if restart is not None:
+        if key is None:
+            raise ValueError("restart= needs the key= that draws the new episodes")
+        moved = reset(params, data, moved, restart, key)  # the episode counter is still the previous one
+    annotation = annotate(params, data, moved)
+    reward, terminated = task_reward(params.task, annotation, moved)
     limit = params.max_episode_steps
-    truncated = (state.step >= limit) & ~terminated if limit is not None else torch.zeros_like(terminated)
-    return state, annotation, reward, terminated, truncated
+    truncated = (moved.step >= limit) & ~terminated if limit is not None else torch.zeros_like(terminated)
+    if restart is not None:
+        reward = torch.where(restart, 0.0, reward)
+        terminated, truncated = terminated & ~restart, truncated & ~restart
+    return moved, annotation, reward, terminated, truncated
 
 
 def task_reward(task: Task, annotation: torch.Tensor, state: EnvState) -> tuple[torch.Tensor, torch.Tensor]:

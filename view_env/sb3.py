@@ -99,7 +99,7 @@ class SB3VecEnv(VecEnv):
         tensors = _flatten(obs)
         tensors.update({"_reward": reward, "_terminated": terminated, "_truncated": truncated})
         tensors.update({f"_info/{k}": info[k] for k in _INFO_KEYS if k in info})
-        if "final_obs" in info:
+        if "final_obs" in info and bool(info["_final_obs"].any()):  # present every step; copied only when used
             tensors.update({f"_final/{k}": v for k, v in _flatten(info["final_obs"]).items()})
         host = to_host(tensors)
         dones = host["_terminated"] | host["_truncated"]

@@ -70,6 +70,10 @@ class ViewTransformVectorEnv(VectorEnv):
         temporal: Add the Video environment's temporal actions (previous/next frame).
         dataset_kwargs: More keyword arguments for the source.
         progress: Show progress bars while preparing data.
+        check_actions: Check the values of every step's actions (integers in range, finite floats) and that no
+            ended environment is stepped under ``"disabled"`` autoreset: one fused check, the step's only wait for
+            the device. ``False`` skips it, so that nothing in a step waits for the device (out-of-range actions
+            are then clamped, not refused).
         **params: Fields of :class:`~view_env.core.EnvParams` (``obs_size``, ``max_episode_steps``,
             ``action_mode``, ``obs_mode``, ``augmentations``, ``min_scale``, ...).
     """
@@ -95,6 +99,7 @@ class ViewTransformVectorEnv(VectorEnv):
         temporal: bool = False,
         dataset_kwargs: Mapping[str, Any] | None = None,
         progress: bool = True,
+        check_actions: bool = True,
         **params: Any,
     ) -> None:
         unknown = sorted(set(params) - set(_PARAM_NAMES))
@@ -102,7 +107,7 @@ class ViewTransformVectorEnv(VectorEnv):
             raise TypeError(
                 f"unknown keyword argument(s) {unknown} for a ViewTransform environment; expected environment "
                 f"arguments (dataset, root, split, bank, device, canvas_size, max_images, task, target, difficulty, "
-                f"autoreset_mode, render_mode, temporal, dataset_kwargs, progress) or EnvParams fields "
+                f"autoreset_mode, render_mode, temporal, dataset_kwargs, progress, check_actions) or EnvParams fields "
                 f"{list(_PARAM_NAMES)}"
             )
         if difficulty is not None:
@@ -125,6 +130,11 @@ class ViewTransformVectorEnv(VectorEnv):
             raise ValueError(f"render_mode={render_mode!r} is invalid: expected None or 'rgb_array'")
         self.device = torch.device(device)
         self.num_envs = num_envs
+        self.check_actions = bool(check_actions)
+        # On the CPU there is no device to wait for: the rows that restart are gathered (nonzero) and only they are
+        # rendered again. Elsewhere every row's first view is rendered and selected with torch.where, so that the
+        # step never waits for the device to say how many rows restarted.
+        self._compact_restarts = self.device.type == "cpu"
         self.render_mode = render_mode
         self.autoreset_mode = _as_autoreset(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
@@ -306,40 +316,66 @@ class ViewTransformVectorEnv(VectorEnv):
         return self._observe(), self._info(annotation)
 
     def step(self, actions: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """Step every environment; see docs/envs.md for the autoreset behaviour of each mode."""
+        """Step every environment; see docs/envs.md for the autoreset behaviour of each mode.
+
+        Nothing here waits for the device beyond the one fused check of ``check_actions`` (and the host I/O of an
+        :class:`~view_env.data.ImagePool` bank): the autoreset is computed for every row and selected with masks.
+        Under ``"same_step"``, ``info["final_obs"]`` and ``info["final_info"]`` are always present, valid where
+        ``info["_final_obs"]`` / ``info["_final_info"]`` hold.
+        """
         action = self._check_action(actions)
-        if self.autoreset_mode == AutoresetMode.DISABLED and bool(self._ended.any()):
-            ended = self._ended.nonzero().flatten().tolist()
-            raise RuntimeError(f"environments {ended[:10]} have ended and autoreset_mode is DISABLED: call "
-                               "reset(options={'reset_mask': mask}) for them before stepping")
         previous = self.state
-        self.state, annotation, reward, terminated, truncated = core.step(self.params, self.data, previous, action)
-        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+        pool = isinstance(self.bank, ImagePool)
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and not pool:
             # Environments that ended on the previous step begin a new episode instead of acting.
-            restarting = self._ended
-            if bool(restarting.any()):
-                self.state = self.state.where(restarting, previous)
-                self._reset_where(restarting)
-                annotation = core.annotate(self.params, self.data, self.state)
-            reward = torch.where(restarting, 0.0, reward)
-            terminated, truncated = terminated & ~restarting, truncated & ~restarting
+            self.state, annotation, reward, terminated, truncated = core.step(
+                self.params, self.data, previous, action, restart=self._ended, key=self._key)
+        else:
+            self.state, annotation, reward, terminated, truncated = core.step(self.params, self.data, previous,
+                                                                              action)
+            if self.autoreset_mode == AutoresetMode.NEXT_STEP:  # a pool refreshes its images first (host I/O)
+                restarting = self._ended
+                if bool(restarting.any()):
+                    self.state = self.state.where(restarting, previous)
+                    self._reset_where(restarting)
+                    annotation = core.annotate(self.params, self.data, self.state)
+                reward = torch.where(restarting, 0.0, reward)
+                terminated, truncated = terminated & ~restarting, truncated & ~restarting
         done = terminated | truncated
         obs = self._observe()
         info = self._info(annotation)
         self._ended = done
-        if self.autoreset_mode == AutoresetMode.SAME_STEP and bool(done.any()):
-            info["final_obs"] = obs
-            info["_final_obs"] = done
-            info["final_info"] = dict(info)
-            info["_final_info"] = done
-            del info["final_info"]["final_obs"], info["final_info"]["_final_obs"]
-            self._reset_where(done)
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:
             self._ended = torch.zeros_like(done)
-            # Only the environments that restarted need a new observation and annotation.
-            rows = done.nonzero().flatten()
-            obs = _scatter_rows(obs, rows, self._observe(rows))
-            annotation = annotation.index_copy(0, rows, core.annotate(self.params, self.data, self.state.rows(rows)))
+            if self._compact_restarts or pool:
+                # Only the rows that restarted are reset, rendered and annotated again; the last observations of
+                # the others are not needed (final_obs is valid where _final_obs holds; its other rows are zeros).
+                rows = done.nonzero().flatten()  # on the CPU its length is known without waiting
+                final_obs = _zeros_with_rows(obs, rows)
+                final_annotation = annotation
+                if len(rows):
+                    if pool:
+                        self._reset_where(done)
+                    else:
+                        key = core.Key(self._key.seed, self._key.env_ids[rows])
+                        every = torch.ones(len(rows), dtype=torch.bool, device=self.device)
+                        fresh = core.reset(self.params, self.data, self.state.rows(rows), every, key)
+                        self.state = self.state.put(rows, fresh)
+                    _assign_rows(obs, rows, self._observe(rows))
+                    annotation = annotation.clone()
+                    annotation[rows] = core.annotate(self.params, self.data, self.state.rows(rows))
+            else:  # every row, selected without asking the device which rows restarted
+                self.state = core.reset(self.params, self.data, self.state, done, self._key)
+                final_obs = _where_rows(done, obs, 0)
+                obs = _where_rows(done, self._observe(), obs)
+                final_annotation = annotation
+                annotation = torch.where(done[:, None], core.annotate(self.params, self.data, self.state),
+                                         annotation)
+            info["final_info"] = dict(info, annotation=final_annotation)
+            info["_final_info"] = done
             info.update(self._info(annotation))
+            info["final_obs"] = final_obs
+            info["_final_obs"] = done
         return obs, reward, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
@@ -364,12 +400,15 @@ class ViewTransformVectorEnv(VectorEnv):
         self.state = core.reset(self.params, self.data, self.state, mask, self._key)
 
     def _check_action(self, actions: Any) -> torch.Tensor:
+        """The actions as a tensor on the device; with ``check_actions``, their values (and, under ``"disabled"``
+        autoreset, that no ended environment is stepped) in one fused check, the only wait for the device."""
         n = self.num_envs
         if isinstance(actions, (list, tuple)):
             actions = np.asarray(actions)
         if not isinstance(actions, (np.ndarray, torch.Tensor)):
             raise TypeError(f"actions must be a numpy array or torch tensor, got {type(actions).__name__}")
         tensor = actions if isinstance(actions, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(actions))
+        disabled = self.autoreset_mode == AutoresetMode.DISABLED
         if isinstance(self.single_action_space, gym.spaces.Discrete):
             k = int(self.single_action_space.n)
             if tensor.shape != (n,):
@@ -377,8 +416,11 @@ class ViewTransformVectorEnv(VectorEnv):
             if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.is_complex():
                 raise TypeError(f"discrete actions must be integers in [0, {k}), got dtype {tensor.dtype}")
             tensor = tensor.to(self.device, torch.int64)
+            if not self.check_actions:
+                return tensor.clamp(0, k - 1)
             bad = (tensor < 0) | (tensor >= k)
-            if bool(bad.any()):
+            if bool((bad | self._ended).any() if disabled else bad.any()):  # the one fused check
+                self._refuse_ended()
                 where = bad.nonzero().flatten()[:5].tolist()
                 raise ValueError(f"discrete actions must lie in [0, {k}); environments {where} got "
                                  f"{tensor[bad][:5].tolist()}")
@@ -392,19 +434,30 @@ class ViewTransformVectorEnv(VectorEnv):
             raise TypeError(f"{mode} actions must be floating point (see the action space's bounds), got dtype "
                             f"{tensor.dtype}")
         tensor = tensor.to(self.device, torch.float32)
-        finite = torch.isfinite(tensor)
-        if not bool(finite.all()):
-            where = (~finite).any(dim=1).nonzero().flatten()[:5].tolist()
+        if not self.check_actions:
+            return tensor.nan_to_num(0.0, 1.0, -1.0)
+        bad = ~torch.isfinite(tensor).all(dim=1)
+        if bool((bad | self._ended).any() if disabled else bad.any()):  # the one fused check
+            self._refuse_ended()
+            where = bad.nonzero().flatten()[:5].tolist()
             raise ValueError(f"{mode} actions must be finite; environments {where} hold NaN or inf: "
                              f"{tensor[where].tolist()}")
         return tensor
+
+    def _refuse_ended(self) -> None:
+        if self.autoreset_mode == AutoresetMode.DISABLED and bool(self._ended.any()):
+            ended = self._ended.nonzero().flatten().tolist()
+            raise RuntimeError(f"environments {ended[:10]} have ended and autoreset_mode is DISABLED: call "
+                               "reset(options={'reset_mask': mask}) for them before stepping")
 
     def _observe(self, rows: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         """The observations of every environment, or of the environments in ``rows`` only."""
         slot, box, aug, target = self.state.slot, self.state.box, self.state.aug, self.state.target
         if rows is not None:
             slot, box, aug, target = slot[rows], box[rows], aug[rows], target[rows]
-        view = render_views(self.bank.images, slot, box, self.params.obs_size, aug_from_state(aug))
+        # The state is valid by construction: no value checks, and a blur bound, so that nothing reads the device.
+        view = render_views(self.bank.images, slot, box, self.params.obs_size, aug_from_state(aug), check=False,
+                            max_blur_sigma=core.AUG_RANGES["blur"][1])
         if self.params.obs_mode == "view":
             return view
         onehot = torch.zeros((len(slot), self.num_categories), dtype=torch.float32, device=self.device)
@@ -426,11 +479,30 @@ class ViewTransformVectorEnv(VectorEnv):
         return info
 
 
-def _scatter_rows(full: Any, rows: torch.Tensor, part: Any) -> Any:
-    """A copy of observation ``full`` (tensor or dict of tensors, ``[N, ...]``) with ``rows`` replaced by ``part``."""
+def _where_rows(mask: torch.Tensor, new: Any, old: Any) -> Any:
+    """Observation ``new`` where ``mask`` (``bool [N]``) holds, else ``old`` (tensors or dicts of tensors, or a
+    scalar)."""
+    if isinstance(new, dict):
+        return {k: _where_rows(mask, new[k], old[k] if isinstance(old, dict) else old) for k in new}
+    return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+def _zeros_with_rows(full: Any, rows: torch.Tensor) -> Any:
+    """Zeros shaped like observation ``full`` (tensor or dict of tensors, ``[N, ...]``) holding its ``rows``."""
     if isinstance(full, dict):
-        return {k: _scatter_rows(full[k], rows, part[k]) for k in full}
-    return full.index_copy(0, rows, part)
+        return {k: _zeros_with_rows(full[k], rows) for k in full}
+    out = torch.zeros_like(full)
+    out[rows] = full[rows]
+    return out
+
+
+def _assign_rows(full: Any, rows: torch.Tensor, part: Any) -> None:
+    """Write ``part`` into ``rows`` of observation ``full`` in place."""
+    if isinstance(full, dict):
+        for k in full:
+            _assign_rows(full[k], rows, part[k])
+    else:
+        full[rows] = part
 
 
 def draw_boxes(images: torch.Tensor, boxes: torch.Tensor, colour: tuple[int, int, int] = (255, 32, 32),

@@ -105,6 +105,12 @@ def crop_resize(
             ``y1 > y0``, within ``[0, 1]`` (up to :data:`BOX_TOLERANCE`).
         out_size: Side ``S`` of the square output.
         backend: ``"auto"`` (compiled kernel on CPU when available, else torch), ``"native"`` or ``"torch"``.
+        check: Check the values of the inputs (indices in range, boxes inside the image, augmentation parameters
+            in their domains), which reads them from the device. ``False`` checks only types, shapes and devices:
+            for callers whose inputs are valid by construction, such as the environments.
+        max_blur_sigma: An upper bound on ``aug.blur_sigma`` known to the caller: the torch path then sizes its
+            blur kernels from it and applies every stage to every view, so that rendering never waits for the
+            device (with ``check=False``).
 
     Returns:
         ``uint8 [N, 3, S, S]`` on the images' device.
@@ -174,6 +180,8 @@ def render_views(
     aug: ViewAug | None = None,
     *,
     backend: Backend = "auto",
+    check: bool = True,
+    max_blur_sigma: float | None = None,
 ) -> torch.Tensor:
     """Render N views from the image bank in one call: crop + resize, flip, colour jitter, grayscale, blur.
 
@@ -187,6 +195,12 @@ def render_views(
         out_size: Side ``S`` of the square views.
         aug: Per-view :class:`ViewAug` parameters, or ``None`` for none.
         backend: ``"auto"`` (compiled kernel on CPU when available, else torch), ``"native"`` or ``"torch"``.
+        check: Check the values of the inputs (indices in range, boxes inside the image, augmentation parameters
+            in their domains), which reads them from the device. ``False`` checks only types, shapes and devices:
+            for callers whose inputs are valid by construction, such as the environments.
+        max_blur_sigma: An upper bound on ``aug.blur_sigma`` known to the caller: the torch path then sizes its
+            blur kernels from it and applies every stage to every view, so that rendering never waits for the
+            device (with ``check=False``).
 
     Returns:
         ``uint8 [N, 3, S, S]`` on the images' device.
@@ -195,12 +209,12 @@ def render_views(
         TypeError, ValueError, IndexError: An input has the wrong type, dtype, shape, device or value; the message
             names it and what was expected.
     """
-    n = check_view_inputs(images, image_index, boxes, out_size)
+    n = check_view_inputs(images, image_index, boxes, out_size, values=check)
     if aug is not None:
-        check_aug(aug, n, images.device)
+        check_aug(aug, n, images.device, values=check)
     native = _use_native(backend, images.device)
     if n == 0:
         return torch.empty(0, 3, out_size, out_size, dtype=torch.uint8, device=images.device)
     if native:
         return KERNEL.render(images, image_index, boxes, out_size, aug)
-    return torch_kernels.render(images, image_index, boxes, out_size, aug)
+    return torch_kernels.render(images, image_index, boxes, out_size, aug, max_blur_sigma)

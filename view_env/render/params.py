@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,15 @@ def blur_kernel_size(sigma: torch.Tensor) -> torch.Tensor:
     size = torch.ceil((sigma - 0.35) / 0.15 - 1e-3).to(torch.int64)
     size = (size + (1 - size % 2)).clamp(min=3)  # odd, at least 3
     return torch.where(sigma > 0, size, torch.ones_like(size))
+
+
+def max_blur_radius(max_sigma: float, height: int, width: int) -> int:
+    """The largest :func:`blur_radius` of any sigma up to ``max_sigma``, computed on the host (no device read)."""
+    if max_sigma <= 0:
+        return 0
+    size = max(math.ceil((max_sigma - 0.35) / 0.15 - 1e-3), 3)
+    size += 1 - size % 2
+    return min((size - 1) // 2, max(min(height, width) - 1, 0))
 
 
 def blur_radius(sigma: torch.Tensor, height: int, width: int) -> torch.Tensor:

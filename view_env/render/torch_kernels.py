@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from view_env.render.params import ViewAug, blur_radius
+from view_env.render.params import ViewAug, blur_radius, max_blur_radius
 
 #: Luma weights of ``rgb_to_grayscale`` (ITU-R 601-2, as torchvision and PIL).
 LUMA = (0.2989, 0.587, 0.114)
@@ -86,8 +86,12 @@ def color_jitter(
     saturation: torch.Tensor,
     hue: torch.Tensor,
     bound: float,
+    skip_unshifted: bool = True,
 ) -> torch.Tensor:
-    """Brightness, contrast (towards the mean luma), saturation, then hue, each clamped to ``[0, bound]``."""
+    """Brightness, contrast (towards the mean luma), saturation, then hue, each clamped to ``[0, bound]``.
+
+    ``skip_unshifted`` skips the hue rotation when no view needs it (which reads the device); ``False`` applies it
+    to every view and keeps the unshifted ones with ``torch.where``."""
     factor = brightness.view(-1, 1, 1, 1)
     x = (x * factor).clamp_(0, bound)
     factor = contrast.view(-1, 1, 1, 1)
@@ -96,7 +100,7 @@ def color_jitter(
     factor = saturation.view(-1, 1, 1, 1)
     x = (factor * x + (1 - factor) * luma(x)).clamp_(0, bound)
     shifted = hue != 0
-    if bool(shifted.any()):
+    if not skip_unshifted or bool(shifted.any()):
         x = torch.where(shifted.view(-1, 1, 1, 1), shift_hue(x, hue), x)
     return x
 
@@ -106,11 +110,15 @@ def grayscale(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), luma(x).expand_as(x), x)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with per-view kernels: one grouped convolution per axis over the whole batch."""
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, widest: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur with per-view kernels: one grouped convolution per axis over the whole batch.
+
+    ``widest``: the largest kernel radius, known to the caller (:func:`max_blur_radius`); ``None`` reads it from
+    ``sigma`` on the device."""
     n, _, height, width = x.shape
     radius = blur_radius(sigma, height, width)  # (N,)
-    widest = int(radius.max()) if n else 0
+    if widest is None:
+        widest = int(radius.max()) if n else 0
     if widest == 0:
         return x
     offsets = torch.arange(-widest, widest + 1, device=x.device, dtype=torch.float32)  # (K,)
@@ -142,9 +150,14 @@ def from_float(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def render(
-    images: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor, out_size: int, aug: ViewAug | None
+    images: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor, out_size: int, aug: ViewAug | None,
+    max_blur_sigma: float | None = None,
 ) -> torch.Tensor:
-    """The pipeline as batched torch operations, chunk by chunk of views; ``uint8 [N, 3, S, S]``."""
+    """The pipeline as batched torch operations, chunk by chunk of views; ``uint8 [N, 3, S, S]``.
+
+    With ``max_blur_sigma`` (an upper bound on ``aug.blur_sigma``), nothing reads the device: every stage runs on
+    every view and the blur kernels are sized from the bound."""
+    widest = None if max_blur_sigma is None else max_blur_radius(max_blur_sigma, out_size, out_size)
     n, canvas = image_index.shape[0], images.shape[-1]
     out = torch.empty(n, 3, out_size, out_size, dtype=torch.uint8, device=images.device)
     budget = CHUNK_ELEMENTS["cpu" if images.device.type == "cpu" else "other"]
@@ -154,8 +167,9 @@ def render(
         x = crop_resize(images, image_index[part], boxes[part], out_size)  # (n, 3, S, S) in [0, 255]
         if aug is not None:
             x = flip(x, aug.flip[part])
-            x = color_jitter(x, aug.brightness[part], aug.contrast[part], aug.saturation[part], aug.hue[part], 255.0)
+            x = color_jitter(x, aug.brightness[part], aug.contrast[part], aug.saturation[part], aug.hue[part], 255.0,
+                             skip_unshifted=max_blur_sigma is None)
             x = grayscale(x, aug.grayscale[part])
-            x = gaussian_blur(x, aug.blur_sigma[part])
+            x = gaussian_blur(x, aug.blur_sigma[part], widest)
         out[part] = to_uint8(x)
     return out

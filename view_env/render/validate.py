@@ -68,16 +68,18 @@ def first_bad(bad: torch.Tensor) -> int | None:
     return int(bad.nonzero()[0, 0])
 
 
-def check_view_inputs(images: object, image_index: object, boxes: object, out_size: object) -> int:
-    """Validate the geometric inputs of ``crop_resize`` / ``render_views``; return ``N``."""
+def check_view_inputs(images: object, image_index: object, boxes: object, out_size: object, values: bool = True
+                      ) -> int:
+    """Validate the geometric inputs of ``crop_resize`` / ``render_views``; return ``N``. ``values=False`` checks
+    types, shapes and devices only (nothing is read from the device)."""
     images = check_images(images)
     out_size = check_out_size(out_size)
     device = images.device
     index = check_tensor("image_index", image_index, torch.int64, ("N",), device)
     n = index.shape[0]
     boxes = check_tensor("boxes", boxes, torch.float32, (n, 4), device)
-    if n == 0:
-        return 0
+    if n == 0 or not values:
+        return n
     low, high = torch.aminmax(index)
     low, high = int(low), int(high)
     if low < 0 or high >= images.shape[0]:
@@ -110,14 +112,14 @@ def check_factor(name: str, value: object, n: int, device: torch.device, domain:
     return value
 
 
-def check_aug(aug: object, n: int, device: torch.device) -> ViewAug:
+def check_aug(aug: object, n: int, device: torch.device, values: bool = True) -> ViewAug:
     if not isinstance(aug, ViewAug):
         raise TypeError(f"aug must be a ViewAug (or None for no augmentation), got {type(aug).__name__}")
     check_tensor("aug.flip", aug.flip, torch.bool, (n,), device)
     check_tensor("aug.grayscale", aug.grayscale, torch.bool, (n,), device)
     for name in KERNEL_DOMAIN:
         check_tensor(f"aug.{name}", getattr(aug, name), torch.float32, (n,), device)
-    if n:
+    if n and values:
         # All ranges in one pass and one device sync; the slow path finds and names the first bad value.
         values = torch.stack([getattr(aug, name) for name in KERNEL_DOMAIN])  # (5, N)
         lows, highs = torch.tensor([bounds[:2] for bounds in KERNEL_DOMAIN.values()], device=device).T[..., None]
