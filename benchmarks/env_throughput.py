@@ -13,8 +13,9 @@ For each observation size, number of environments and action set, in the same ru
 - ``ceiling``: the time merely to copy one step's output bytes (``uint8 [N, 3, S, S]``) on the device.
 
 A second table splits the time of one view_env step on the CPU (``--split-envs`` environments, and one) into its
-parts, each timed alone on the same state: rendering, annotations (exact coverage), the move, the autoreset of the
-rows that ended (reset, render and annotate them), and the rest (argument handling, info assembly, Python).
+parts, timed inside real steps: rendering, annotations (exact coverage), the move, the reset of the rows that ended
+(their rendering and annotation count under the first two), and the rest (argument handling, the reward, the info
+dict, Python).
 ``--write-docs`` replaces this benchmark's section of docs/benchmarks.md with both tables, the machine and the commit.
 
     python benchmarks/env_throughput.py                 # the full tables (about 6 minutes on 2 cores)
@@ -40,8 +41,7 @@ from agents import cli
 from agents.cli import check, option
 from view_env import core
 from view_env.data import ImageBank, ShapesDataset, default_canvas_size
-from view_env.render import render_views
-from view_env.vector import ViewTransformVectorEnv, aug_from_state
+from view_env.vector import ViewTransformVectorEnv
 
 START, END = "<!-- env_throughput:start -->", "<!-- env_throughput:end -->"
 ACTION_SETS = ("geometric", "all")
@@ -192,48 +192,51 @@ def measure_row(bank: ImageBank, factory: Callable[[], gym.Env], obs_size: int, 
 
 
 def step_split(bank: ImageBank, obs_size: int, num_envs: int, action_set: str, seconds: float) -> dict:
-    """Milliseconds of one CPU step and of its parts, each timed alone on the state the steps reach.
+    """Milliseconds of one CPU step and of its parts, timed inside real steps.
 
-    ``autoreset`` is what the step spends on the rows that ended: resetting, rendering and annotating that many
-    rows (the mean number per step, measured over the timed steps); ``rest`` is the step minus the parts.
+    The environment's calls of :func:`~view_env.render.render_views`, :func:`view_env.core.annotate`,
+    :func:`view_env.core.move` and :func:`view_env.core.reset` are wrapped with timers while it steps (the
+    autoreset's rendering and annotation of the rows that ended count under render and annotations); ``rest`` is the
+    step minus those parts: argument handling, the reward, the autoreset's bookkeeping, the info dict, Python.
     """
+    import view_env.vector as vector_module
+
     env = make_env(bank, num_envs, obs_size, action_set)
     count = 9 if action_set == "geometric" else 16
     actions = torch.as_tensor(np.random.default_rng(1).integers(0, count, size=(64, num_envs)))
     env.reset(seed=0)
-    ended = []
+    spent = {"render": 0.0, "annotate": 0.0, "move": 0.0, "reset": 0.0}
+    originals = {"render": vector_module.render_views, "annotate": core.annotate, "move": core.move,
+                 "reset": core.reset}
 
-    def step(i: int) -> None:
-        _, _, terminated, truncated, _ = env.step(actions[i % len(actions)])
-        ended.append(int((terminated | truncated).sum()))
+    def timer(name: str) -> Callable[..., object]:
+        function = originals[name]
 
-    step_ms = 1000 / timed(step, seconds)
-    state, params, data = env.state, env.params, env.data
-    aug = aug_from_state(state.aug)
+        def timed_call(*a: object, **k: object) -> object:
+            began = time.perf_counter()
+            result = function(*a, **k)
+            spent[name] += time.perf_counter() - began
+            return result
+        return timed_call
 
-    def ms(work: Callable[[], object]) -> float:
-        return 1000 / timed(lambda i: work(), min(seconds, 0.5), min_steps=5)
-
-    render = ms(lambda: render_views(bank.images, state.slot, state.box, obs_size, aug, check=False,
-                                     max_blur_sigma=core.AUG_RANGES["blur"][1]))
-    annotate = ms(lambda: core.annotate(params, data, state))
-    move = ms(lambda: core.move(params, data, state, actions[0]))
-    k = max(1, round(float(np.mean(ended))))  # rows restarted per step, on average
-    rows = torch.arange(min(k, num_envs))
-    part = state.rows(rows)
-    every = torch.ones(len(rows), dtype=torch.bool)
-
-    def autoreset() -> None:
-        fresh = core.reset(params, data, part, every, core.Key(0, rows))
-        render_views(bank.images, fresh.slot, fresh.box, obs_size, aug_from_state(fresh.aug), check=False,
-                     max_blur_sigma=core.AUG_RANGES["blur"][1])
-        core.annotate(params, data, fresh)
-
-    restart = ms(autoreset) * float(np.mean(ended)) / k
+    for _ in range(3):  # warm-up
+        env.step(actions[0])
+    vector_module.render_views = timer("render")
+    core.annotate, core.move, core.reset = timer("annotate"), timer("move"), timer("reset")
+    try:
+        steps, began = 0, time.perf_counter()
+        while steps < 5 or time.perf_counter() - began < seconds:
+            env.step(actions[steps % len(actions)])
+            steps += 1
+        total = time.perf_counter() - began
+    finally:
+        vector_module.render_views = originals["render"]
+        core.annotate, core.move, core.reset = originals["annotate"], originals["move"], originals["reset"]
     env.close()
-    rest = step_ms - render - annotate - move - restart
-    return {"obs": obs_size, "num_envs": num_envs, "actions": action_set, "step": step_ms, "render": render,
-            "annotate": annotate, "move": move, "autoreset": restart, "rest": rest}
+    ms = {name: 1000 * value / steps for name, value in spent.items()}
+    step_ms = 1000 * total / steps
+    return {"obs": obs_size, "num_envs": num_envs, "actions": action_set, "step": step_ms, **ms,
+            "rest": step_ms - sum(ms.values())}
 
 
 def _to(bank: ImageBank, device: str) -> ImageBank:
@@ -269,13 +272,13 @@ def render_table(rows: list[dict], devices: list[str]) -> str:
 
 
 def format_split(row: dict) -> str:
-    parts = " | ".join(f"{row[k]:.3f}" for k in ("step", "render", "annotate", "move", "autoreset", "rest"))
+    parts = " | ".join(f"{row[k]:.3f}" for k in ("step", "render", "annotate", "move", "reset", "rest"))
     return f"| {row['obs']} | {row['num_envs']} | {row['actions']} | {parts} |"
 
 
 def render_split(rows: list[dict]) -> str:
-    head = ("| obs | num_envs | actions | step ms | render | annotations | move | autoreset | rest (Python, "
-            "checks, info) |\n" + "|" + "---|" * 9)
+    head = ("| obs | num_envs | actions | step ms | render | annotations | move | reset (autoreset) | rest "
+            "(Python, checks, info) |\n" + "|" + "---|" * 9)
     return "\n".join([head] + [format_split(r) for r in rows])
 
 
@@ -291,7 +294,7 @@ def write_docs(table: str, split_table: str, wall: float, arguments: str) -> Non
         table,
     ]
     if split_table:
-        lines += ["", "Where one CPU step's time goes (milliseconds, each part timed alone on the same state):", "",
+        lines += ["", "Where one CPU step's time goes (milliseconds per step, the parts timed inside real steps):", "",
                   split_table]
     lines.append(END)
     write_section(DOCS, START, END, "\n".join(lines), "Environment throughput")

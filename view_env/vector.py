@@ -321,7 +321,7 @@ class ViewTransformVectorEnv(VectorEnv):
         Nothing here waits for the device beyond the one fused check of ``check_actions`` (and the host I/O of an
         :class:`~view_env.data.ImagePool` bank): the autoreset is computed for every row and selected with masks.
         Under ``"same_step"``, ``info["final_obs"]`` and ``info["final_info"]`` are always present, valid where
-        ``info["_final_obs"]`` / ``info["_final_info"]`` hold.
+        ``info["_final_obs"]`` / ``info["_final_info"]`` hold (other rows of ``final_obs`` are unspecified).
         """
         action = self._check_action(actions)
         previous = self.state
@@ -348,10 +348,11 @@ class ViewTransformVectorEnv(VectorEnv):
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
             self._ended = torch.zeros_like(done)
             if self._compact_restarts or pool:
-                # Only the rows that restarted are reset, rendered and annotated again; the last observations of
-                # the others are not needed (final_obs is valid where _final_obs holds; its other rows are zeros).
+                # Only the rows that restarted are reset, rendered and annotated again. final_obs is valid where
+                # _final_obs holds; its other rows are left unwritten (uninitialised memory costs nothing to
+                # allocate, where zeroing or copying every observation would cost as much as a render at 224 px).
                 rows = done.nonzero().flatten()  # on the CPU its length is known without waiting
-                final_obs = _zeros_with_rows(obs, rows)
+                final_obs = _empty_with_rows(obs, rows)
                 final_annotation = annotation
                 if len(rows):
                     if pool:
@@ -366,7 +367,7 @@ class ViewTransformVectorEnv(VectorEnv):
                     annotation[rows] = core.annotate(self.params, self.data, self.state.rows(rows))
             else:  # every row, selected without asking the device which rows restarted
                 self.state = core.reset(self.params, self.data, self.state, done, self._key)
-                final_obs = _where_rows(done, obs, 0)
+                final_obs = obs
                 obs = _where_rows(done, self._observe(), obs)
                 final_annotation = annotation
                 annotation = torch.where(done[:, None], core.annotate(self.params, self.data, self.state),
@@ -487,11 +488,12 @@ def _where_rows(mask: torch.Tensor, new: Any, old: Any) -> Any:
     return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)
 
 
-def _zeros_with_rows(full: Any, rows: torch.Tensor) -> Any:
-    """Zeros shaped like observation ``full`` (tensor or dict of tensors, ``[N, ...]``) holding its ``rows``."""
+def _empty_with_rows(full: Any, rows: torch.Tensor) -> Any:
+    """A new observation shaped like ``full`` (tensor or dict of tensors, ``[N, ...]``) holding its ``rows``; the
+    other rows are uninitialised."""
     if isinstance(full, dict):
-        return {k: _zeros_with_rows(full[k], rows) for k in full}
-    out = torch.zeros_like(full)
+        return {k: _empty_with_rows(full[k], rows) for k in full}
+    out = torch.empty_like(full)
     out[rows] = full[rows]
     return out
 
