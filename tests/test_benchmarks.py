@@ -186,3 +186,14 @@ def test_gae_against_a_python_loop():
             delta = float(rewards[step, env]) + 0.9 * following * alive - float(values[step, env])
             running = delta + 0.9 * 0.8 * alive * running
             assert abs(float(got[step, env]) - running) < 1e-5
+
+
+def test_gvf_step_compares_a_step_with_its_encoder_passes(tiny_shapes, capsys):
+    import gvf_step
+
+    assert gvf_step.main(["--steps", "1", "--buffer-size", "64", "--batch-size", "16", "--root",
+                          str(tiny_shapes)]) == 0
+    out = capsys.readouterr().out
+    assert "shapes-labels-cpu: batch 16" in out and "ratio" in out
+    ratio = float(out.split("ratio ")[1].split()[0])
+    assert ratio > 0
