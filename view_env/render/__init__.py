@@ -105,12 +105,6 @@ def crop_resize(
             ``y1 > y0``, within ``[0, 1]`` (up to :data:`BOX_TOLERANCE`).
         out_size: Side ``S`` of the square output.
         backend: ``"auto"`` (compiled kernel on CPU when available, else torch), ``"native"`` or ``"torch"``.
-        check: Check the values of the inputs (indices in range, boxes inside the image, augmentation parameters
-            in their domains), which reads them from the device. ``False`` checks only types, shapes and devices:
-            for callers whose inputs are valid by construction, such as the environments.
-        max_blur_sigma: An upper bound on ``aug.blur_sigma`` known to the caller: the torch path then sizes its
-            blur kernels from it and applies every stage to every view, so that rendering never waits for the
-            device (with ``check=False``).
 
     Returns:
         ``uint8 [N, 3, S, S]`` on the images' device.
