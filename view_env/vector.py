@@ -319,7 +319,8 @@ class ViewTransformVectorEnv(VectorEnv):
         """Step every environment; see docs/envs.md for the autoreset behaviour of each mode.
 
         Nothing here waits for the device beyond the one fused check of ``check_actions`` (and the host I/O of an
-        :class:`~view_env.data.ImagePool` bank): the autoreset is computed for every row and selected with masks.
+        :class:`~view_env.data.ImagePool` bank): off the CPU the autoreset is computed for every row and selected
+        with masks; on the CPU, where reading costs nothing, only the rows that ended are reset and rendered.
         Under ``"same_step"``, ``info["final_obs"]`` and ``info["final_info"]`` are always present, valid where
         ``info["_final_obs"]`` / ``info["_final_info"]`` hold (other rows of ``final_obs`` are unspecified).
         """
