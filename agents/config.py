@@ -113,6 +113,11 @@ class PretrainConfig:
                         "AMX); float32 elsewhere. On 2 AVX512-BF16 cores it makes a step 1.4 to 1.7 times faster "
                         "(compare the transitions/s a run prints with --no-bf16).")
     progress: bool = option(True, "Show progress bars.")
+    tensorboard: bool = option(True, "Log training curves to TensorBoard (rank 0 only under DDP): losses, learning "
+                               "rate, EMA momentum, target drift, bootstrap cross-entropy against uniform, views/s, "
+                               "collection fraction and the final probes.")
+    log_dir: str | None = option(None, "Where the TensorBoard event files go (default: ``<out>/tensorboard``; "
+                                 "watch with ``tensorboard --logdir <out>``).")
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, expected: str) -> None:

@@ -334,6 +334,58 @@ def _rank_checksums(online: nn.Module, world: int) -> list[float]:
     return [float(c) for c in gathered]
 
 
+class CurveLog:
+    """The run's TensorBoard curves (``SummaryWriter`` under ``log_dir``); a no-op when logging is off.
+
+    Tags: ``loss/total``, ``loss/base``, ``loss/bootstrap``, ``bootstrap/target_entropy`` and ``bootstrap/uniform``
+    (a target entropy near ``log L`` means the bootstrapped targets say little), ``schedule/lr``,
+    ``schedule/ema_momentum``, ``target/drift`` (every ``drift_every`` steps), ``speed/views_per_second``,
+    ``speed/collect_fraction``, and at the end ``probe/<encoder>/<probe>``.
+    """
+
+    METRICS = {"loss": "loss/total", "base": "loss/base", "bootstrap": "loss/bootstrap",
+               "target_entropy": "bootstrap/target_entropy", "uniform": "bootstrap/uniform", "lr": "schedule/lr",
+               "momentum": "schedule/ema_momentum"}
+
+    def __init__(self, log_dir: str | Path | None) -> None:
+        self.writer = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter  # tensorboard is imported only when logging
+
+            self.writer = SummaryWriter(str(log_dir))
+
+    def step(self, step: int, metrics: dict[str, float], views_per_second: float, collect_fraction: float,
+             drift: float | None = None) -> None:
+        if self.writer is None:
+            return
+        for key, tag in self.METRICS.items():
+            if key in metrics:
+                self.writer.add_scalar(tag, metrics[key], step)
+        self.writer.add_scalar("speed/views_per_second", views_per_second, step)
+        self.writer.add_scalar("speed/collect_fraction", collect_fraction, step)
+        if drift is not None:
+            self.writer.add_scalar("target/drift", drift, step)
+
+    def probes(self, step: int, results: dict[str, dict[str, float]]) -> None:
+        if self.writer is None:
+            return
+        for encoder, scores in results.items():
+            for probe, value in scores.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"probe/{encoder.replace(' ', '_')}/{probe}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def curve_log_dir(config: PretrainConfig) -> Path | None:
+    """Where the run's TensorBoard curves go: ``log_dir``, else ``<out>/tensorboard``; ``None`` when off."""
+    if not config.tensorboard:
+        return None
+    return Path(config.log_dir) if config.log_dir is not None else Path(config.out) / "tensorboard"
+
+
 def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) pretraining; returns a summary (final step, losses, timings, probe results).
 
@@ -362,6 +414,8 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
     bar = tqdm(range(start, end), initial=start, total=config.total_steps, desc="pretrain", unit="step",
                disable=not (config.progress and rank == 0))
     history: list[dict[str, float]] = []
+    curves = CurveLog(curve_log_dir(config) if rank == 0 else None)
+    drift_every = max(1, config.total_steps // 100)
     collect_seconds = feeder.seconds
     began = time.perf_counter()
     for step in bar:
@@ -371,6 +425,8 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
         elapsed = time.perf_counter() - began
         collecting = (feeder.seconds - collect_seconds) / max(elapsed, 1e-9)
         views_per_second = (step + 1 - start) * config.batch_size * world / max(elapsed, 1e-9)
+        drift = gvf.target_drift(target, online) if curves.writer is not None and step % drift_every == 0 else None
+        curves.step(step, metrics, views_per_second, collecting, drift)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", views_s=f"{views_per_second:.0f}",
                         collect=f"{collecting:.0%}", refresh=False)
         if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.total_steps):
@@ -394,6 +450,8 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
         summary["rank_checksums"] = _rank_checksums(online, world)
     if end == config.total_steps and config.probe and rank == 0:
         summary["probes"] = probe_against_random_init(config, online, num_categories, tokenizer, device)
+        curves.probes(end, summary["probes"])
+    curves.close()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

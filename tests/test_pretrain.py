@@ -245,3 +245,38 @@ def test_without_a_target_network_the_target_is_the_online_network(tiny_shapes, 
     with_target = train(tiny(tiny_shapes, tmp_path / "ema", annotations="views", total_steps=4, ema_momentum=0.99))
     assert with_target["ema_base_momentum"] > 0.9 and with_target["target_drift"] > 0
     assert parse_config(["--no-target-network"]).target_network is False
+
+
+def test_training_curves_go_to_tensorboard(tiny_shapes, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from agents.pretrain import CurveLog
+
+    summary = train(tiny(tiny_shapes, tmp_path, annotations="views", total_steps=6))
+    log_dir = tmp_path / "run" / "tensorboard"
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/total", "loss/base", "loss/bootstrap", "bootstrap/target_entropy", "bootstrap/uniform",
+            "schedule/lr", "schedule/ema_momentum", "target/drift", "speed/views_per_second",
+            "speed/collect_fraction"} <= tags
+    losses = events.Scalars("loss/total")
+    assert [e.step for e in losses] == list(range(6))
+    assert [round(e.value, 4) for e in losses] == [round(v, 4) for v in summary["losses"]]
+    for tag, key in (("bootstrap/uniform", "uniform"), ("schedule/lr", "lr"), ("loss/bootstrap", "bootstrap")):
+        assert [e.value for e in events.Scalars(tag)] == pytest.approx([m[key] for m in summary["metrics"]],
+                                                                        rel=1e-5)
+    probes = CurveLog(tmp_path / "probes")
+    probes.probes(6, {"pretrained": {"box_top1": 0.5}, "random init": {"box_top1": 0.25}})
+    probes.close()
+    events = EventAccumulator(str(tmp_path / "probes"))
+    events.Reload()
+    assert events.Scalars("probe/random_init/box_top1")[0].value == pytest.approx(0.25)
+
+
+def test_no_tensorboard_writes_no_events(tiny_shapes, tmp_path):
+    train(tiny(tiny_shapes, tmp_path, total_steps=2, tensorboard=False))
+    assert not (tmp_path / "run" / "tensorboard").exists()
+    custom = tmp_path / "curves"
+    train(tiny(tiny_shapes, tmp_path, total_steps=2, log_dir=str(custom), out=str(tmp_path / "other")))
+    assert any(custom.glob("events.out.tfevents.*"))
