@@ -16,7 +16,7 @@ from typing import Any
 from agents import cli
 from agents.cli import check, flag_name, option
 from agents.gvf import BACKUPS
-from agents.models import ENCODERS
+from agents.models import ENCODERS, TIMM_PREFIX
 from agents.sources import SOURCES
 from view_env import AUGMENTATIONS, EnvParams
 
@@ -47,8 +47,9 @@ class PretrainConfig:
     split: str = option("train", "Split to pretrain on (``shapes`` and ``coco``); probes use ``val``.")
     annotations: str = option("labels", "Annotation source: ``views`` (SimCLR), ``prototypes`` (DINO), ``captions`` "
                               "(CLIP) or ``labels`` (the environment's annotation vector).")
-    encoder: str = option("cnn", "``cnn`` (a 4-layer CNN, the CPU recipe), ``vit_tiny``, ``vit_small`` or "
-                          "``resnet18``.")
+    encoder: str = option("cnn", "``cnn`` (a 4-layer CNN, the CPU recipe), ``vit_tiny``, ``vit_small``, "
+                          "``resnet18``, or ``timm:NAME`` for any timm model with spatial features, built from "
+                          "scratch (e.g. ``timm:vit_tiny_patch16_224`` with ``--patch-size 8``, ``timm:resnet18``).")
     encoder_depth: int | None = option(None, "Override of the ViT depth (blocks); ``None`` keeps the preset's.")
     encoder_dim: int | None = option(None, "Override of the ViT width; ``None`` keeps the preset's.")
     patch_size: int | None = option(None, "ViT patch size; ``None`` fits it to the view size.")
@@ -137,7 +138,8 @@ class PretrainConfig:
             setattr(self, name, tuple(float(v) for v in value))
         need(self.env in ENV_NAMES, "env", f"one of {ENV_NAMES}")
         need(self.annotations in SOURCES, "annotations", f"one of {SOURCES}")
-        need(self.encoder in ENCODERS, "encoder", f"one of {ENCODERS}")
+        need(self.encoder in ENCODERS or (self.encoder.startswith(TIMM_PREFIX) and len(self.encoder) > 5), "encoder",
+             f"one of {ENCODERS} or timm:NAME")
         need(self.pool in ("mean", "cls"), "pool", "'mean' or 'cls'")
         need(0.0 <= self.gamma < 1.0, "gamma", "a discount in [0, 1)")
         need(self.backup in BACKUPS, "backup", f"one of {BACKUPS}")

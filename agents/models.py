@@ -37,6 +37,8 @@ from view_env import AUG_RANGES, AUGMENTATIONS, BOOLEAN_AUGS
 
 __all__ = [
     "ENCODERS",
+    "TIMM_PREFIX",
+    "TimmEncoder",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ActionTokenizer",
@@ -339,6 +341,70 @@ class ConvEncoder(nn.Module):
         return EncoderOutput(tokens=fmap.flatten(2).transpose(1, 2), pooled=fmap.mean(dim=(2, 3)))
 
 
+#: Prefix of an encoder name built by timm (``timm:NAME``, any model of ``timm.list_models()``).
+TIMM_PREFIX = "timm:"
+
+
+class TimmEncoder(nn.Module):
+    """A timm model as an encoder: ``float [B, 3, S, S]`` -> :class:`EncoderOutput` from ``forward_features``.
+
+    Built from scratch (``pretrained=False``: nothing is downloaded), without a classifier. Transformers (features
+    ``[B, N, D]``) give their patch tokens (the ``num_prefix_tokens`` class/register tokens dropped) and the pooled
+    feature of their own head (``forward_head(..., pre_logits=True)``); CNNs (feature maps ``[B, D, H, W]``) give
+    the ``H x W`` positions as tokens and their global average as the pooled feature.
+
+    Args:
+        name: A timm model name, e.g. ``vit_tiny_patch16_224`` or ``resnet18``.
+        image_size: View side S; passed to timm as ``img_size`` where the model takes one (ViTs).
+        patch_size: ViT patch size (``None``: timm's); refused for models without patches.
+
+    Raises:
+        ValueError: An unknown timm name, a patch size for a model without one, or a model whose
+            ``forward_features`` returns no tokens (not ``[B, N, D]`` or ``[B, D, H, W]``).
+    """
+
+    def __init__(self, name: str, image_size: int, patch_size: int | None = None) -> None:
+        super().__init__()
+        import timm  # imported only when a timm encoder is asked for
+
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:8] or ["vit_tiny_patch16_224", "resnet18"]
+            raise ValueError(f"encoder 'timm:{name}': {name!r} is not a timm model; for example {close} "
+                             "(timm.list_models() lists them all)")
+        kwargs: dict[str, object] = {"pretrained": False, "num_classes": 0}
+        try:
+            self.model = timm.create_model(name, img_size=image_size, **kwargs,
+                                           **({"patch_size": patch_size} if patch_size is not None else {}))
+        except TypeError as error:  # models without img_size / patch_size arguments (CNNs)
+            if patch_size is not None:
+                raise ValueError(f"encoder 'timm:{name}' takes no patch_size (got {patch_size}): {error}") from error
+            self.model = timm.create_model(name, **kwargs)
+        self.name, self.image_size = name, image_size
+        with torch.no_grad():
+            was_training = self.model.training
+            features = self.model.eval().forward_features(torch.zeros(1, 3, image_size, image_size))
+            self.model.train(was_training)
+        if features.ndim == 3:
+            self.prefix = int(getattr(self.model, "num_prefix_tokens", 0))
+            self.num_tokens, self.dim = features.shape[1] - self.prefix, features.shape[2]
+        elif features.ndim == 4:
+            self.prefix = -1  # a feature map
+            self.dim, self.num_tokens = features.shape[1], features.shape[2] * features.shape[3]
+        else:
+            raise ValueError(f"encoder 'timm:{name}': forward_features returns shape {list(features.shape)}, not "
+                             "tokens [B, N, D] or a feature map [B, D, H, W]; choose a model with spatial features")
+        if self.num_tokens < 1:
+            raise ValueError(f"encoder 'timm:{name}' gives no spatial tokens at {image_size} px")
+        self.grid_size = math.isqrt(self.num_tokens)
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        features = self.model.forward_features(x)
+        if self.prefix < 0:
+            tokens = features.flatten(2).transpose(1, 2)  # (B, H*W, D)
+            return EncoderOutput(tokens, tokens.mean(dim=1))
+        return EncoderOutput(features[:, self.prefix:], self.model.forward_head(features, pre_logits=True))
+
+
 def build_encoder(name: str, image_size: int, patch_size: int | None = None, **overrides: object) -> nn.Module:
     """Build the encoder ``name`` (one of :data:`ENCODERS`) for square views of ``image_size`` pixels.
 
@@ -347,7 +413,7 @@ def build_encoder(name: str, image_size: int, patch_size: int | None = None, **o
 
     Args:
         name: ``"cnn"`` (:class:`ConvEncoder`, D 256), ``"vit_tiny"`` (D 192, depth 12, heads 3), ``"vit_small"``
-            (D 384, depth 12, heads 6) or ``"resnet18"`` (D 512).
+            (D 384, depth 12, heads 6), ``"resnet18"`` (D 512), or ``"timm:NAME"`` (:class:`TimmEncoder`).
         image_size: view side S in pixels.
         patch_size: ViT patch size; ``None`` fits it to the view (:func:`fit_patch_size`). ViT only.
         overrides: ViT: ``dim``, ``depth``, ``heads``, ``mlp_ratio``, ``pool``; ResNet: ``small_stem``; CNN:
@@ -357,6 +423,11 @@ def build_encoder(name: str, image_size: int, patch_size: int | None = None, **o
         ValueError: unknown name or override, a patch size for the ResNet, or a patch size that does not divide
             ``image_size``.
     """
+    if name.startswith(TIMM_PREFIX):
+        if overrides:
+            raise ValueError(f"encoder {name!r} is timm's own configuration; it takes no overrides "
+                             f"{sorted(overrides)} (choose another timm model name instead)")
+        return TimmEncoder(name[len(TIMM_PREFIX):], image_size, patch_size)
     allowed = {"cnn": ("widths",), "resnet18": ("small_stem",)}.get(name, ("dim", "depth", "heads", "mlp_ratio",
                                                                           "pool"))
     unknown = sorted(set(overrides) - set(allowed))

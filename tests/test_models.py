@@ -312,3 +312,42 @@ def test_vit_mean_pooling_averages_the_patch_tokens():
     torch.testing.assert_close(out.pooled, out.tokens.mean(dim=1))
     with pytest.raises(ValueError, match="pool 'max' is invalid"):
         build_encoder("vit_tiny", 32, pool="max")
+
+
+@pytest.mark.parametrize("name, patch_size, tokens, dim", [("timm:vit_tiny_patch16_224", 8, 16, 192),
+                                                          ("timm:resnet18", None, 1, 512)])
+def test_timm_encoders_give_tokens_and_a_pooled_feature(name, patch_size, tokens, dim):
+    import timm
+
+    encoder = build_encoder(name, 32, patch_size)
+    out = encoder(torch.rand(2, 3, 32, 32))
+    assert out.tokens.shape == (2, tokens, dim) and out.pooled.shape == (2, dim)
+    assert encoder.num_tokens == tokens and encoder.dim == dim
+    # The same numbers as timm's own model with the same weights.
+    twin = timm.create_model(name[len("timm:"):], pretrained=False, num_classes=0,
+                             **({"img_size": 32, "patch_size": patch_size} if patch_size else {}))
+    twin.load_state_dict(encoder.model.state_dict())
+    features = twin.eval().forward_features(torch.ones(1, 3, 32, 32))
+    expected = twin.forward_head(features, pre_logits=True)
+    torch.testing.assert_close(encoder.eval()(torch.ones(1, 3, 32, 32)).pooled, expected)
+
+
+def test_bad_timm_encoders_are_refused(monkeypatch):
+    import timm
+
+    with pytest.raises(ValueError, match=r"encoder 'timm:no_such_net': 'no_such_net' is not a timm model"):
+        build_encoder("timm:no_such_net", 32)
+    with pytest.raises(ValueError, match="encoder 'timm:resnet18' takes no patch_size"):
+        build_encoder("timm:resnet18", 32, 8)
+    with pytest.raises(ValueError, match="timm's own configuration; it takes no overrides"):
+        build_encoder("timm:resnet18", 32, depth=2)
+
+    class Pooled(torch.nn.Module):  # a model whose features are already pooled: no tokens to attend to
+        training = False
+
+        def forward_features(self, x):
+            return x.mean(dim=(2, 3))
+
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: Pooled())
+    with pytest.raises(ValueError, match=r"forward_features returns shape \[1, 3\], not tokens"):
+        build_encoder("timm:resnet18", 32)

@@ -280,3 +280,13 @@ def test_no_tensorboard_writes_no_events(tiny_shapes, tmp_path):
     custom = tmp_path / "curves"
     train(tiny(tiny_shapes, tmp_path, total_steps=2, log_dir=str(custom), out=str(tmp_path / "other")))
     assert any(custom.glob("events.out.tfevents.*"))
+
+
+def test_a_timm_encoder_pretrains_and_reloads(tiny_shapes, tmp_path):
+    config = tiny(tiny_shapes, tmp_path, encoder="timm:vit_tiny_patch16_224", patch_size=8, total_steps=3)
+    summary = train(config)
+    assert summary["step"] == 3 and all(math.isfinite(v) for v in summary["losses"])
+    network, loaded = load_network(tmp_path / "run" / "checkpoint.pt")
+    assert loaded.encoder == "timm:vit_tiny_patch16_224" and network.encoder.num_tokens == 16
+    with pytest.raises(SystemExit):
+        parse_config(["--encoder", "timm:"])
