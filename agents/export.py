@@ -32,6 +32,7 @@ from torch import nn
 
 from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_network
 from agents.models import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, build_encoder
+from agents.network import encoder_overrides
 
 WEIGHTS, CARD = "model.safetensors", "model_card.json"
 CARD_FORMAT = "agents-encoder-export"
@@ -57,7 +58,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
         "architecture": config.encoder,
-        "build": {"image_size": config.obs_size, "patch_size": config.patch_size, **_overrides(config)},
+        "build": {"image_size": config.obs_size, "patch_size": config.patch_size, **encoder_overrides(config)},
         "view_size": config.obs_size,
         "input": "RGB float [B, 3, S, S] in [0, 1], then (x - mean) / std per channel",
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
@@ -70,33 +71,13 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         "checkpoint": str(checkpoint),
     }
     if timm_model is not None:
-        kwargs = {"img_size": config.obs_size, **({"patch_size": config.patch_size} if config.patch_size else {})}
         card["timm_name"] = config.encoder[len(TIMM_PREFIX):]
-        card["timm_kwargs"] = kwargs if _takes_img_size(card["timm_name"]) else {}
+        card["timm_kwargs"] = encoder.timm_kwargs
     probes = checkpoint.parent / "probe.json"
     if probes.is_file():
         card["probes"] = json.loads(probes.read_text())
     (out / CARD).write_text(json.dumps(card, indent=2))
     return out
-
-
-def _overrides(config: Any) -> dict[str, Any]:
-    if not config.encoder.startswith("vit"):
-        return {}
-    overrides = {k: v for k, v in {"depth": config.encoder_depth, "dim": config.encoder_dim}.items() if v is not None}
-    if "dim" in overrides:
-        overrides["heads"] = max(1, overrides["dim"] // 64)
-    return {**overrides, "pool": config.pool}
-
-
-def _takes_img_size(name: str) -> bool:
-    import timm
-
-    try:
-        timm.create_model(name, pretrained=False, num_classes=0, img_size=32)
-    except TypeError:
-        return False
-    return True
 
 
 def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -372,12 +372,15 @@ class TimmEncoder(nn.Module):
             raise ValueError(f"encoder 'timm:{name}': {name!r} is not a timm model; for example {close} "
                              "(timm.list_models() lists them all)")
         kwargs: dict[str, object] = {"pretrained": False, "num_classes": 0}
+        #: The size arguments timm took (``img_size``, ``patch_size``): what timm needs to rebuild the model.
+        self.timm_kwargs: dict[str, object] = {"img_size": image_size,
+                                               **({"patch_size": patch_size} if patch_size is not None else {})}
         try:
-            self.model = timm.create_model(name, img_size=image_size, **kwargs,
-                                           **({"patch_size": patch_size} if patch_size is not None else {}))
+            self.model = timm.create_model(name, **kwargs, **self.timm_kwargs)
         except TypeError as error:  # models without img_size / patch_size arguments (CNNs)
             if patch_size is not None:
                 raise ValueError(f"encoder 'timm:{name}' takes no patch_size (got {patch_size}): {error}") from error
+            self.timm_kwargs = {}
             self.model = timm.create_model(name, **kwargs)
         self.name, self.image_size = name, image_size
         with torch.no_grad():

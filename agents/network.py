@@ -21,6 +21,18 @@ MODEL_FIELDS = ("annotations", "encoder", "encoder_depth", "encoder_dim", "patch
                 "action_tokens", "action_bins", "value_depth", "value_dim", "num_prototypes")
 
 
+def encoder_overrides(config: PretrainConfig) -> dict[str, Any]:
+    """The keyword overrides :func:`agents.models.build_encoder` gets for ``config`` (the project's ViTs only)."""
+    if not config.encoder.startswith("vit"):
+        return {}
+    overrides: dict[str, Any] = {k: v for k, v in {"depth": config.encoder_depth, "dim": config.encoder_dim}.items()
+                                 if v is not None}
+    overrides["pool"] = config.pool
+    if "dim" in overrides:
+        overrides["heads"] = max(1, overrides["dim"] // 64)
+    return overrides
+
+
 def build_network(config: PretrainConfig, num_categories: int, tokenizer: CaptionTokenizer | None = None
                   ) -> GVFNetwork:
     """The online network described by ``config`` (parameters drawn from the current torch seed).
@@ -33,14 +45,7 @@ def build_network(config: PretrainConfig, num_categories: int, tokenizer: Captio
     Raises:
         ValueError: ``annotations="captions"`` without a tokenizer, or an encoder setting its builder refuses.
     """
-    overrides: dict[str, Any] = {}
-    if config.encoder.startswith("vit"):
-        overrides = {k: v for k, v in {"depth": config.encoder_depth, "dim": config.encoder_dim}.items()
-                     if v is not None}
-        overrides["pool"] = config.pool
-        if "dim" in overrides:
-            overrides["heads"] = max(1, overrides["dim"] // 64)
-    encoder = build_encoder(config.encoder, config.obs_size, config.patch_size, **overrides)
+    encoder = build_encoder(config.encoder, config.obs_size, config.patch_size, **encoder_overrides(config))
     d = config.embed_dim
     if config.annotations == "views":
         source: nn.Module = ViewSource(encoder.dim, d)
