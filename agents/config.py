@@ -20,7 +20,7 @@ from agents.models import ENCODERS, TIMM_PREFIX
 from agents.sources import SOURCES
 from view_env import AUGMENTATIONS, EnvParams
 
-ENV_NAMES = ("shapes", "coco", "images", "video")
+ENV_NAMES = ("shapes", "coco", "images", "video", "webdataset")
 #: Behaviour policies the pretrainer can collect with (see :mod:`agents.collect`).
 POLICY_NAMES = ("rrc", "uniform")
 
@@ -42,8 +42,13 @@ def check_env_value(name: str, value: Any) -> None:
 class PretrainConfig:
     """Configuration of one pretraining run; each field's help is its ``--flag``'s help."""
 
-    env: str = option("shapes", "The view_env data source (``shapes``, ``coco``, ``images``, ``video``).")
-    root: str | None = option(None, "Dataset root (default: the source's environment variable or cache).")
+    env: str = option("shapes", "The view_env data source (``shapes``, ``coco``, ``images``, ``video``, or "
+                      "``webdataset``: shards streamed in order, each rank its share, for sets larger than memory).")
+    root: str | None = option(None, "Dataset root (default: the source's environment variable or cache); for "
+                              "``webdataset`` a shard pattern such as ``shards/{00000..00099}.tar``.")
+    max_images: int = option(20000, "Images resident in the environment's bank; a larger source (and always a "
+                             "``webdataset`` stream) flows through a pool of this many, refreshed as episodes "
+                             "reset.")
     split: str = option("train", "Split to pretrain on (``shapes`` and ``coco``); probes use ``val``.")
     annotations: str = option("labels", "Annotation source: ``views`` (SimCLR), ``prototypes`` (DINO), ``captions`` "
                               "(CLIP) or ``labels`` (the environment's annotation vector).")
@@ -138,6 +143,11 @@ class PretrainConfig:
             setattr(self, name, tuple(float(v) for v in value))
         need(self.env in ENV_NAMES, "env", f"one of {ENV_NAMES}")
         need(self.annotations in SOURCES, "annotations", f"one of {SOURCES}")
+        need(not (self.env == "webdataset" and self.annotations == "captions"), "annotations",
+             "views, prototypes or labels with --env webdataset: the caption source reads captions by image index, "
+             "which a stream has not; use --env images, which indexes the same shards")
+        need(not (self.env == "webdataset" and self.root is None), "root",
+             "a shard pattern with --env webdataset (e.g. shards/{00000..00099}.tar)")
         need(self.encoder in ENCODERS or (self.encoder.startswith(TIMM_PREFIX) and len(self.encoder) > 5), "encoder",
              f"one of {ENCODERS} or timm:NAME")
         need(self.pool in ("mean", "cls"), "pool", "'mean' or 'cls'")
@@ -146,7 +156,7 @@ class PretrainConfig:
         need(self.bootstrap_weight >= 0, "bootstrap_weight", ">= 0")
         for name in ("obs_size", "embed_dim", "num_next_actions", "action_bins", "total_steps", "batch_size",
                      "buffer_size", "num_envs", "max_episode_steps", "checkpoint_every", "num_prototypes",
-                     "value_depth", "value_dim", "probe_train_images"):
+                     "value_depth", "value_dim", "probe_train_images", "max_images"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
         check_env_value("obs_size", self.obs_size)
         need(self.batch_size >= 2, "batch_size", "at least 2 (the annotations are the batch)")

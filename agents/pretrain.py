@@ -51,7 +51,7 @@ from view_env.vector import ViewTransformVectorEnv
 
 #: Fields that define the data stream: a resumed run replays its buffer only under the same values.
 STREAM_FIELDS = ("env", "root", "split", "data", "policy", "views", "crop_scale", "crop_ratio", "num_envs",
-                 "max_episode_steps", "augmentations", "max_pan", "buffer_size", "seed")
+                 "max_episode_steps", "augmentations", "max_pan", "buffer_size", "seed", "max_images")
 
 
 def learning_rate(config: PretrainConfig, step: int) -> float:
@@ -181,7 +181,7 @@ def open_stream(config: PretrainConfig, rank: int, world: int, device: torch.dev
         return from_shards, _dataset(config, config.split), shards.num_categories, lambda: None
     dataset = _dataset(config, config.split)
     env = ViewTransformVectorEnv(config.num_envs, dataset=dataset, device=device, obs_size=config.obs_size,
-                                 autoreset_mode="disabled", progress=config.progress, **collector_env_kwargs(config))
+                                 max_images=config.max_images, autoreset_mode="disabled", progress=config.progress, **collector_env_kwargs(config))
     collector = TransitionCollector(env, config.policy, seed=config.seed * 1000 + rank)
     return collector.stream, dataset, env.num_categories, env.close
 

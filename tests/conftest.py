@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,25 @@ def write_image(path: Path, size: tuple[int, int] = (40, 30), colour: tuple[int,
     if mode != "RGB":
         image = image.convert(mode)
     image.save(path)
+    return path
+
+
+def encoded_image(colour, fmt="JPEG", size=(24, 16), mode="RGB") -> bytes:
+    """The bytes of a one-colour image file."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def write_shard(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
+    """Write a WebDataset shard: ``samples`` maps key -> {extension: bytes}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as archive:
+        for key, members in samples.items():
+            for extension, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
     return path
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
-
 import numpy as np
 import pytest
-from conftest import write_image
+from conftest import encoded_image as _encoded
+from conftest import write_image, write_shard
 from PIL import Image
 
 from view_env.data import (
@@ -19,24 +17,6 @@ from view_env.data import (
     SkippedImagesWarning,
 )
 from view_env.data.folder import expand_braces
-
-
-def _encoded(colour, fmt="JPEG", size=(24, 16), mode="RGB") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).convert(mode).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def write_shard(path, samples):
-    """Write a WebDataset shard: ``samples`` maps key -> {extension: bytes}."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as archive:
-        for key, members in samples.items():
-            for extension, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-    return path
 
 
 def test_folder_is_recursive_and_converts_modes(tmp_path):

@@ -20,6 +20,7 @@ from gymnasium.vector.utils import batch_space
 
 from view_env import core
 from view_env.data import ImageBank, ImageDataset, ImagePool, default_canvas_size, load_dataset
+from view_env.data.stream import StreamingImagePool, WebDatasetShards
 from view_env.render import ViewAug, render_views
 
 #: Largest dataset decoded whole into a static bank; larger ones stream through an :class:`ImagePool` this big.
@@ -48,8 +49,9 @@ class ViewTransformVectorEnv(VectorEnv):
 
     Args:
         num_envs: Number of environments ``N``.
-        dataset: A source name (``"shapes"``, ``"coco"``, ``"images"``, ``"video"``) or an
-            :class:`~view_env.data.ImageDataset`.
+        dataset: A source name (``"shapes"``, ``"coco"``, ``"images"``, ``"video"``, ``"webdataset"``), an
+            :class:`~view_env.data.ImageDataset`, or :class:`~view_env.data.stream.WebDatasetShards` (a stream of
+            shards, always read through a :class:`~view_env.data.stream.StreamingImagePool` of ``max_images``).
         root: Dataset root, passed to the source (``None``: its environment variable or cache).
         split: Dataset split for COCO and Shapes.
         bank: A ready :class:`~view_env.data.ImageBank` (then ``dataset``, ``root``, ``split`` are not used).
@@ -223,7 +225,7 @@ class ViewTransformVectorEnv(VectorEnv):
             if dataset == "shapes":
                 kwargs.setdefault("progress", progress)
             source = load_dataset(dataset, **kwargs)
-        elif isinstance(dataset, ImageDataset):
+        elif isinstance(dataset, (ImageDataset, WebDatasetShards)):
             if root is not None or split is not None or dataset_kwargs:
                 raise ValueError("dataset= is an ImageDataset already; root=, split= and dataset_kwargs= would be "
                                  "ignored")
@@ -235,6 +237,8 @@ class ViewTransformVectorEnv(VectorEnv):
         limit = DEFAULT_MAX_IMAGES if max_images is None else max_images
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"max_images={max_images!r} is invalid: expected an integer >= 1")
+        if isinstance(source, WebDatasetShards):  # a stream: its length is unknown, it always goes in a pool
+            return StreamingImagePool(source, limit, canvas_size=canvas_size, device=self.device, progress=progress)
         if len(source) > limit:
             return ImagePool(source, limit, canvas_size=canvas_size, device=self.device, progress=progress)
         return ImageBank.from_dataset(source, canvas_size=canvas_size, device=self.device, progress=progress)

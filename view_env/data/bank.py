@@ -360,9 +360,13 @@ class ImagePool(ImageBank):
         )
         self.boxes.index_copy_(0, device_slots, boxes.to(self.device))
         self.labels.index_copy_(0, device_slots, labels.to(self.device))
-        for slot, item in zip(slots.tolist(), items, strict=True):
-            self.captions[slot] = item.captions
+        self._swap_host(slots.tolist(), items)
         return len(items)
+
+    def _swap_host(self, slots: list[int], items: Sequence[_Loaded]) -> None:
+        """Host-side per-slot data of the images just swapped into ``slots`` (their captions)."""
+        for slot, item in zip(slots, items, strict=True):
+            self.captions[slot] = item.captions
 
     def close(self) -> None:
         """Stop the background loader and wait for it."""

@@ -53,17 +53,26 @@ def _video_dataset(*args: Any, **kwargs: Any) -> ImageDataset:
     return VideoDataset(*args, **kwargs)
 
 
-#: Constructors by source name; each takes ``root=`` first.
+def _webdataset_shards(*args: Any, **kwargs: Any) -> Any:
+    from view_env.data.stream import WebDatasetShards  # webdataset is imported only when a stream is read
+
+    return WebDatasetShards(*args, **kwargs)
+
+
+#: Constructors by source name; each takes ``root=`` first. ``webdataset`` is a stream, not an indexable
+#: :class:`ImageDataset`: the environments put it in a :class:`~view_env.data.stream.StreamingImagePool`.
 DATASETS: dict[str, Any] = {
     "shapes": ShapesDataset,
     "coco": CocoDataset,
     "images": ImageFolderDataset,
     "video": _video_dataset,
+    "webdataset": _webdataset_shards,
 }
 
 
 def load_dataset(name: str, **kwargs: Any) -> ImageDataset:
-    """Build the source called ``name`` (one of :data:`DATASETS`) with ``kwargs``.
+    """Build the source called ``name`` (one of :data:`DATASETS`) with ``kwargs`` (``webdataset``: a
+    :class:`~view_env.data.stream.WebDatasetShards`).
 
     Raises:
         ValueError: ``name`` is not a known source.
