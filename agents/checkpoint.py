@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from agents.config import PretrainConfig
-from agents.models import CaptionTokenizer
+from agents.models import CaptionTokenizer, ViewEncoder
 from agents.network import build_network
 
 FORMAT = "view_env-agents-gvf"
@@ -118,8 +118,9 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, PretrainConfig]:
     """The frozen encoder of a checkpoint (eval mode) and the run's config, for :mod:`agents.probe`.
 
-    The encoder maps normalised ``float [B, 3, S, S]`` views to an ``EncoderOutput`` (``tokens [B, T, D]``,
-    ``pooled [B, D]``), as every probe takes it.
+    The encoder is a :class:`agents.models.ViewEncoder`: ``uint8 [B, 3, S, S]`` views in (normalised inside, as
+    the pretrainer normalised them), an ``EncoderOutput`` (``tokens [B, T, D]``, ``pooled [B, D]``) out; its
+    ``.encoder`` is the bare module, which takes normalised floats.
     """
     network, config = load_network(path, device)
-    return network.encoder.eval(), config
+    return ViewEncoder(network.encoder).to(device).eval(), config

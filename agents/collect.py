@@ -42,6 +42,7 @@ from agents.config import check_env_value
 from agents.data import (
     DEFAULT_SHARD_SIZE,
     INDEX_NAME,
+    SHARD_FORMATS,
     ReplayBuffer,
     Transitions,
     random_resized_crops,
@@ -515,6 +516,9 @@ class CollectConfig:
     max_episode_steps: int = option(16, "episode length of the random walk and of stable-baselines3 policies")
     augmentations: str = option("flip", "comma-separated augmentations of the environment (view_env.AUGMENTATIONS)")
     shard_size: int = option(DEFAULT_SHARD_SIZE, "transitions per shard file")
+    shard_format: str = option("pt", "pt (torch files, the fastest to read) or tar (WebDataset shards: one sample "
+                               "per transition, one .npy member per field, readable by any webdataset pipeline)",
+                               choices=SHARD_FORMATS)
     overwrite: bool = option(False, "replace the shards already in --out")
 
     def __post_init__(self) -> None:
@@ -581,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     start = time.perf_counter()
     dataset = write_shards(config.out, collector, config.num_transitions, config.shard_size,
-                           overwrite=config.overwrite, progress=True)
+                           overwrite=config.overwrite, progress=True, shard_format=config.shard_format)
     seconds = time.perf_counter() - start
     env.close()
     size = sum(path.stat().st_size for path in dataset.shard_paths)

@@ -22,7 +22,9 @@ action space the behaviour policy used, so it never needs to know the policy. A 
 boundary.
 
 :class:`ReplayBuffer` keeps transitions in preallocated tensors on a device. :func:`write_shards` logs them to
-``.pt`` shard files plus an ``index.json``; :class:`ShardDataset` reads them back with ``weights_only=True``.
+``.pt`` shard files, or WebDataset ``.tar`` shards (one sample per transition, ``.npy`` members), plus an
+``index.json``; :class:`ShardDataset` reads either back (``weights_only=True``, ``allow_pickle=False``) and streams
+them in order, each rank its share of the shards, in worker processes if asked.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ FORMAT_VERSION = 2
 INDEX_NAME = "index.json"
 #: Default number of transitions per shard file (about 100 MB at 64-px views).
 DEFAULT_SHARD_SIZE = 4096
+#: Shard containers :func:`write_shards` writes: ``pt`` (one ``torch.save`` of columnar tensors per shard, the fastest
+#: to read) or ``tar`` (WebDataset: one sample per transition, one ``.npy`` member per field, readable by any
+#: webdataset pipeline; read here through webdataset's tar iterator).
+SHARD_FORMATS = ("pt", "tar")
+#: Key of the first sample of a ``tar`` shard: ``__metadata__.json`` holds the format version and the metadata.
+TAR_METADATA_KEY = "__metadata__"
 
 Transitions = dict[str, torch.Tensor]
 
@@ -342,9 +350,57 @@ def _complete_metadata(meta: dict[str, Any], batch: Mapping[str, torch.Tensor], 
     return _plain({**meta, **found, "format_version": FORMAT_VERSION})
 
 
-def shard_name(number: int) -> str:
-    """File name of shard ``number`` in a shard directory."""
-    return f"shard-{number:05d}.pt"
+def shard_name(number: int, shard_format: str = "pt") -> str:
+    """File name of shard ``number`` in a shard directory (``shard-00003.pt``, ``shard-00003.tar``)."""
+    return f"shard-{number:05d}.{shard_format}"
+
+
+def _write_tar_shard(path: Path, meta: Mapping[str, Any], shard: Transitions, first: int) -> None:
+    """A WebDataset shard: the metadata sample, then transition ``first + i`` as key ``%09d`` with one ``.npy``
+    member per field (``000000042.view.npy``, ``000000042.rel_box.npy``, ...)."""
+    import webdataset as wds
+
+    columns = {key: value.numpy() for key, value in shard.items()}
+    count = len(next(iter(columns.values())))
+    with wds.TarWriter(str(path)) as sink:
+        sink.write({"__key__": TAR_METADATA_KEY,
+                    "json": json.dumps({"format_version": FORMAT_VERSION, "metadata": meta}).encode()})
+        for i in range(count):
+            sink.write({"__key__": f"{first + i:09d}", **{f"{key}.npy": column[i] for key, column in columns.items()}})
+
+
+def _read_tar_shard(path: Path) -> tuple[dict[str, Any], Transitions]:
+    """``(payload without transitions, transitions)`` of a ``tar`` shard, read through webdataset's tar iterator;
+    members are decoded with ``numpy.load(allow_pickle=False)`` (as ``.pt`` shards load with ``weights_only``)."""
+    import io
+
+    import numpy as np
+    import webdataset as wds
+
+    def stop(error: Exception) -> bool:
+        raise error
+
+    header: dict[str, Any] | None = None
+    columns: dict[str, list[Any]] = {}
+    with open(path, "rb") as handle:
+        files = wds.tariterators.tar_file_iterator(handle, handler=stop)
+        for sample in wds.tariterators.group_by_keys(({**f, "__url__": str(path)} for f in files), handler=stop):
+            if header is None:
+                if sample["__key__"] != TAR_METADATA_KEY or "json" not in sample:
+                    raise ValueError(f"its first sample is {sample['__key__']!r}, not the {TAR_METADATA_KEY!r} "
+                                     "sample write_shards puts first")
+                header = json.loads(sample["json"])
+                continue
+            fields = {k[: -len(".npy")] for k in sample if k.endswith(".npy")}
+            if columns and fields != set(columns):
+                raise ValueError(f"sample {sample['__key__']!r} has fields {sorted(fields)}, the first had "
+                                 f"{sorted(columns)}")
+            for key in fields:
+                columns.setdefault(key, []).append(np.load(io.BytesIO(sample[f"{key}.npy"]), allow_pickle=False))
+    if header is None:
+        raise ValueError("it holds no samples")
+    transitions = {key: torch.from_numpy(np.stack(values)) for key, values in columns.items()}
+    return header, transitions
 
 
 def _take_over(directory: Path, overwrite: bool) -> list[str]:
@@ -371,8 +427,11 @@ class _ShardWriter:
     themselves. It is allocated at the first batch, when the view size and the categories become known.
     """
 
-    def __init__(self, directory: Path, shard_size: int, rows: int, metadata: dict[str, Any]) -> None:
+    def __init__(self, directory: Path, shard_size: int, rows: int, metadata: dict[str, Any],
+                 shard_format: str = "pt") -> None:
         self.directory, self.shard_size, self.rows, self.meta = directory, shard_size, rows, metadata
+        self.shard_format = shard_format
+        self.written = 0  # transitions saved so far: the first key of the next tar shard
         self.staging: Transitions = {}
         self.filled = 0
         self.entries: list[dict[str, Any]] = []  # the index's shard entries, in order
@@ -403,10 +462,15 @@ class _ShardWriter:
             return
         # A full staging shard is saved as is; a partial one as copies, since torch.save writes a view's whole storage.
         shard = self.staging if count == self.shard_size else {k: v[:count].clone() for k, v in self.staging.items()}
-        name = shard_name(len(self.entries))
-        payload = {"format_version": FORMAT_VERSION, "metadata": self.meta, "transitions": shard}
-        _atomic_write(self.directory / name, lambda tmp: torch.save(payload, tmp))
+        name = shard_name(len(self.entries), self.shard_format)
+        if self.shard_format == "tar":
+            first = self.written
+            _atomic_write(self.directory / name, lambda tmp: _write_tar_shard(tmp, self.meta, shard, first))
+        else:
+            payload = {"format_version": FORMAT_VERSION, "metadata": self.meta, "transitions": shard}
+            _atomic_write(self.directory / name, lambda tmp: torch.save(payload, tmp))
         self.entries.append({"file": name, "count": count})
+        self.written += count
         self.filled = 0
 
 
@@ -419,12 +483,17 @@ def write_shards(
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    shard_format: str = "pt",
 ) -> ShardDataset:
-    """Log transitions to ``directory`` as shard files ``shard-NNNNN.pt`` and an ``index.json``.
+    """Log transitions to ``directory`` as shard files ``shard-NNNNN.pt`` (or ``.tar``) and an ``index.json``.
 
-    Each shard is ``torch.save`` of ``{"format_version", "metadata", "transitions"}`` (CPU tensors, at most
-    ``shard_size`` transitions), written to a temporary file and moved into place, so a crash never leaves a torn
-    file; the index, written the same way, comes last, so a directory without one is an unfinished run.
+    A ``pt`` shard is ``torch.save`` of ``{"format_version", "metadata", "transitions"}`` (CPU tensors, at most
+    ``shard_size`` transitions). A ``tar`` shard is a WebDataset shard: a first sample ``__metadata__.json`` (format
+    version and metadata), then one sample per transition, key ``%09d`` (its position in the whole log), one
+    ``<field>.npy`` member per field of :func:`transition_fields` (any webdataset pipeline reads it, e.g.
+    ``webdataset.WebDataset(url).decode()``). Every shard is written to a temporary file and moved into place, so a
+    crash never leaves a torn file; the index, written the same way, comes last, so a directory without one is an
+    unfinished run.
 
     Args:
         directory: Created if needed.
@@ -437,6 +506,7 @@ def write_shards(
             shard as JSON values. ``obs_size``, ``num_categories`` and ``format_version`` are filled in.
         overwrite: Replace an existing shard directory (its old shards are deleted); otherwise that is an error.
         progress: Show a progress bar.
+        shard_format: One of :data:`SHARD_FORMATS`: ``pt`` (default, fastest to read) or ``tar`` (WebDataset).
 
     Returns:
         The written directory as a :class:`ShardDataset`.
@@ -444,6 +514,8 @@ def write_shards(
     directory = Path(directory)
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size={shard_size!r} is invalid: expected an integer >= 1")
+    if shard_format not in SHARD_FORMATS:
+        raise ValueError(f"shard_format={shard_format!r} is invalid: expected one of {SHARD_FORMATS}")
     if num_transitions is not None and (not isinstance(num_transitions, int) or num_transitions < 0):
         raise ValueError(f"num_transitions={num_transitions!r} is invalid: expected an integer >= 0 or None")
     old_files = _take_over(directory, overwrite)
@@ -451,7 +523,7 @@ def write_shards(
         metadata = transitions.metadata
     directory.mkdir(parents=True, exist_ok=True)
     rows = shard_size if num_transitions is None else min(shard_size, num_transitions)
-    writer = _ShardWriter(directory, shard_size, rows, dict(metadata or {}))
+    writer = _ShardWriter(directory, shard_size, rows, dict(metadata or {}), shard_format)
     written = 0
     batches = iter(transitions)
     with tqdm(total=num_transitions, unit="transition", unit_scale=True, desc="write shards",
@@ -481,8 +553,9 @@ def write_shards(
 class ShardDataset:
     """The transitions of a shard directory written by :func:`write_shards`, read lazily one shard at a time.
 
-    Opening reads and checks ``index.json`` and that every listed shard exists; a shard's content is read (with
-    ``torch.load(weights_only=True)``) and checked only when needed, so a dataset larger than memory works:
+    Opening reads and checks ``index.json`` and that every listed shard exists; a shard's content is read (``.pt``
+    with ``torch.load(weights_only=True)``, ``.tar`` through webdataset's tar iterator with
+    ``numpy.load(allow_pickle=False)``) and checked only when needed, so a dataset larger than memory works:
     :meth:`stream` reads the shards in written order, one at a time (in worker processes if asked), and never holds
     more than a few of them in memory.
 
@@ -534,7 +607,11 @@ class ShardDataset:
         """Read and check shard ``number``: a transition dict of CPU tensors, ``[count, ...]`` per field."""
         path = self.shard_paths[number]
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if path.suffix == ".tar":
+                header, transitions = _read_tar_shard(path)
+                payload = {**header, "transitions": transitions}
+            else:
+                payload = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{path} not found: it is listed in {self.index_path}") from error
         except Exception as error:  # torch.load raises many types on a torn or foreign file

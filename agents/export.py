@@ -11,11 +11,12 @@ run's probe scores when ``probe.json`` lies beside the checkpoint). Load it back
       timm.create_model(NAME, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file="OUT/model.safetensors"),
                         **card["timm_kwargs"])
 
-- any encoder with ``agents.export.load_export("OUT")``, which returns the encoder (``float [B, 3, S, S]``
-  normalised as the card says -> tokens ``[B, T, D]`` and pooled ``[B, D]``) and the card.
+- any encoder with ``agents.export.load_export("OUT")``, which returns it as an :class:`agents.models.ViewEncoder`
+  (``uint8 [B, 3, S, S]`` views in, normalised inside -> tokens ``[B, T, D]`` and pooled ``[B, D]``), and the card;
+  ``python -m agents.probe --export OUT`` probes it under the pretrainer's protocol.
 
-Inputs are RGB views of ``view_size`` pixels scaled to ``[0, 1]`` and normalised with the card's ``mean`` and ``std``
-(ImageNet statistics), as the pretrainer fed them.
+The bare weights (what timm loads) take RGB views of ``view_size`` pixels scaled to ``[0, 1]`` and normalised with
+the card's ``mean`` and ``std`` (ImageNet statistics), as the pretrainer fed them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_network
-from agents.models import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, build_encoder
+from agents.models import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, ViewEncoder, build_encoder
 from agents.network import encoder_overrides
 
 WEIGHTS, CARD = "model.safetensors", "model_card.json"
@@ -60,7 +61,8 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         "architecture": config.encoder,
         "build": {"image_size": config.obs_size, "patch_size": config.patch_size, **encoder_overrides(config)},
         "view_size": config.obs_size,
-        "input": "RGB float [B, 3, S, S] in [0, 1], then (x - mean) / std per channel",
+        "input": "RGB float [B, 3, S, S] in [0, 1], then (x - mean) / std per channel (load_export's ViewEncoder "
+                 "takes uint8 [B, 3, S, S] and does this itself)",
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "dim": int(encoder.dim), "num_tokens": int(encoder.num_tokens),
         "outputs": "tokens [B, T, D] and pooled [B, D] (agents.models.EncoderOutput)",
@@ -81,7 +83,8 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
 
 
 def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The exported encoder (eval mode, on ``device``) and its model card.
+    """The exported encoder as a :class:`agents.models.ViewEncoder` (``uint8`` views in; eval mode, on ``device``)
+    and its model card.
 
     Raises:
         CheckpointError: ``directory`` holds no export, or its files are corrupt.
@@ -103,7 +106,7 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
     encoder = build_encoder(card["architecture"], build.pop("image_size"), build.pop("patch_size"), **build)
     target = encoder.model if card["architecture"].startswith(TIMM_PREFIX) else encoder
     target.load_state_dict(weights)
-    return encoder.to(device).eval(), card
+    return ViewEncoder(encoder).to(device).eval(), card
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,13 +50,15 @@ __all__ = [
     "Temperature",
     "TextTransformer",
     "ValueHead",
+    "ViewEncoder",
     "VisionTransformer",
     "build_encoder",
     "fit_patch_size",
 ]
 
 #: ImageNet channel statistics: every encoder takes views scaled to ``[0, 1]`` and then normalised per channel as
-#: ``(x - mean) / std`` with them (:class:`agents.gvf.GVFNetwork` and :func:`agents.probe.normalise_views` do it).
+#: ``(x - mean) / std`` with them (:class:`agents.gvf.GVFNetwork` and :class:`ViewEncoder` do it, so that what
+#: the project hands out takes ``uint8`` views).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -82,6 +84,42 @@ class EncoderOutput(NamedTuple):
 
     tokens: torch.Tensor
     pooled: torch.Tensor
+
+
+class ViewEncoder(nn.Module):
+    """An encoder with its input convention inside: ``uint8 [B, 3, S, S]`` views (0-255) -> :class:`EncoderOutput`.
+
+    It scales the views to ``[0, 1]``, normalises them with :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`, and
+    runs ``encoder`` (any module taking normalised ``float [B, 3, S, S]``). This is what the project hands out
+    (:func:`agents.checkpoint.load_encoder`, :func:`agents.export.load_export`,
+    :func:`agents.network.build_view_encoder`) and what the probes take. It holds no parameters of its own:
+    ``state_dict`` keys are the wrapped encoder's under ``encoder.``.
+
+    Attributes:
+        encoder: The wrapped encoder; ``dim``, ``image_size`` and ``num_tokens`` are read through from it.
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        # In uint8 units, so that normalising is one subtraction and one division (as GVFNetwork.encode does).
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("dim", "image_size", "num_tokens", "grid_size"):
+                return getattr(self._modules["encoder"], name)
+            raise
+
+    def forward(self, views: torch.Tensor) -> EncoderOutput:
+        if views.dtype != torch.uint8 or views.dim() != 4 or views.shape[1] != 3:
+            raise ValueError(f"a ViewEncoder takes uint8 views [B, 3, S, S] with values 0-255, got {views.dtype} "
+                             f"{tuple(views.shape)}; convert float images with (x * 255).round().to(torch.uint8), "
+                             "or call .encoder on views you have normalised yourself")
+        return self.encoder((views.float() - self.mean) / self.std)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from agents.config import PretrainConfig
 from agents.gvf import GVFNetwork
-from agents.models import CaptionTokenizer, build_encoder
+from agents.models import CaptionTokenizer, ViewEncoder, build_encoder
 from agents.sources import CaptionSource, LabelSource, PrototypeSource, ViewSource
 
 #: Fields that define the network: a checkpoint resumes only under the same values.
@@ -59,3 +60,20 @@ def build_network(config: PretrainConfig, num_categories: int, tokenizer: Captio
         source = LabelSource(num_categories, d)
     return GVFNetwork(encoder, source, d, action_bins=config.action_bins, value_depth=config.value_depth,
                       action_tokens=config.action_tokens, value_dim=config.value_dim)
+
+
+def build_view_encoder(config: PretrainConfig) -> ViewEncoder:
+    """The project's encoder of ``config`` alone, ``uint8`` views in (:class:`agents.models.ViewEncoder`): no
+    heads, no category count, no tokenizer. Parameters come from the current torch seed, exactly as
+    :func:`build_network` draws its encoder (it builds the encoder first), so under one seed both hold the same
+    initial encoder."""
+    return ViewEncoder(build_encoder(config.encoder, config.obs_size, config.patch_size, **encoder_overrides(config)))
+
+
+def random_init_encoder(config: PretrainConfig) -> ViewEncoder:
+    """The encoder the "random init" probe rows measure: :func:`build_view_encoder` from torch seed ``seed + 1``
+    (a run starts from seed ``seed``), in eval mode. The global torch random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + 1)
+        return build_view_encoder(config).eval()
+

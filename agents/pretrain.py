@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -42,11 +41,11 @@ from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, 
 from agents.collect import TransitionCollector, rrc_env_kwargs
 from agents.config import PretrainConfig, parse_config
 from agents.data import ReplayBuffer, ReplayFeeder, ShardDataset, Transitions
-from agents.models import CaptionTokenizer
-from agents.network import MODEL_FIELDS, build_network
-from agents.probe import LABELLED_DATASETS, ProbeData, format_probe_table, probe_data, probe_encoders
-from view_env import EnvParams, default_canvas_size
-from view_env.data import ImageBank, ImageDataset, load_dataset
+from agents.models import CaptionTokenizer, ViewEncoder
+from agents.network import MODEL_FIELDS, build_network, random_init_encoder
+from agents.probe import LABELLED_DATASETS, ProbeData, ProbeProtocol, format_probe_table, probe_encoder
+from view_env import EnvParams
+from view_env.data import ImageDataset, load_dataset
 from view_env.vector import ViewTransformVectorEnv
 
 #: Fields that define the data stream: a resumed run replays its buffer only under the same values.
@@ -181,7 +180,8 @@ def open_stream(config: PretrainConfig, rank: int, world: int, device: torch.dev
         return from_shards, _dataset(config, config.split), shards.num_categories, lambda: None
     dataset = _dataset(config, config.split)
     env = ViewTransformVectorEnv(config.num_envs, dataset=dataset, device=device, obs_size=config.obs_size,
-                                 max_images=config.max_images, autoreset_mode="disabled", progress=config.progress, **collector_env_kwargs(config))
+                                 max_images=config.max_images, autoreset_mode="disabled", progress=config.progress,
+                                 **collector_env_kwargs(config))
     collector = TransitionCollector(env, config.policy, seed=config.seed * 1000 + rank)
     return collector.stream, dataset, env.num_categories, env.close
 
@@ -387,12 +387,19 @@ def curve_log_dir(config: PretrainConfig) -> Path | None:
 
 
 def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
-    """Run (or resume) pretraining; returns a summary (final step, losses, timings, probe results).
+    """Run (or resume) pretraining; returns a summary (final step, losses, timings, probe results) and the network.
 
     Args:
         config: The run.
         stop_after: Stop after this many steps of the run without finishing it (tests use it to simulate a kill
             between checkpoints).
+
+    Returns:
+        What ``<out>/summary.json`` holds (``step``, ``losses``, ``metrics``, ``train_seconds``,
+        ``collect_fraction``, ``target_drift``, ``probes`` when probed, ``timings``: ``fill_s`` filling the buffer
+        before the first step, ``collect_s`` collecting during the steps, ``optimise_s`` the rest of the steps,
+        ``probe_s`` the end-of-run probes), plus ``network``: the trained online
+        :class:`agents.gvf.GVFNetwork` (``ViewEncoder(summary["network"].encoder)`` is its encoder, ``uint8`` in).
     """
     rank, world = _distributed()
     device = _device(config, rank)
@@ -448,64 +455,64 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
         _print_run(summary, start, world, config.batch_size)
     if world > 1:
         summary["rank_checksums"] = _rank_checksums(online, world)
+    probe_seconds = 0.0
     if end == config.total_steps and config.probe and rank == 0:
+        probing = time.perf_counter()
         summary["probes"] = probe_against_random_init(config, online, num_categories, tokenizer, device)
+        probe_seconds = time.perf_counter() - probing
         curves.probes(end, summary["probes"])
     curves.close()
+    collect_total = feeder.seconds - collect_seconds
+    summary["timings"] = {"fill_s": collect_seconds, "collect_s": collect_total,
+                          "optimise_s": max(0.0, elapsed - collect_total), "probe_s": probe_seconds}
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if world > 1:
         dist.barrier()
+    summary["network"] = online  # after summary.json: the trained online network itself, for a caller
     return summary
 
 
 def random_init_network(config: PretrainConfig, num_categories: int, tokenizer: CaptionTokenizer | None = None
                         ) -> gvf.GVFNetwork:
-    """The network the "random init" probe row measures: :func:`agents.network.build_network` from torch seed
-    ``seed + 1`` (the pretrained network starts from seed ``seed``)."""
+    """The whole network at the "random init" of the probe rows: :func:`agents.network.build_network` from torch
+    seed ``seed + 1`` (the pretrained network starts from seed ``seed``). Its encoder is
+    :func:`agents.network.random_init_encoder`'s, which builds the encoder alone."""
     torch.manual_seed(config.seed + 1)
     return build_network(config, num_categories, tokenizer)
 
 
 def probe_set(config: PretrainConfig, val_images: int | None = None) -> ProbeData:
-    """The probes' images for a run: ``probe_train_images`` train images drawn with ``seed`` and the whole val
-    split (or ``val_images`` of it, drawn with ``seed + 7``), on the canvas the environment fits to ``obs_size``;
-    object crops of at least ``crop_scale[0]`` of the image, the smallest view the encoder was trained on.
+    """The probes' images for a run: :class:`agents.probe.ProbeProtocol` ``.from_pretrain(config)`` rendered
+    (``probe_train_images`` train images drawn with ``seed``, the whole val split or ``val_images`` of it drawn with
+    ``seed + 7``, the canvas the environment fits to ``obs_size``, object crops of at least ``crop_scale[0]`` of
+    the image: the smallest view the encoder was trained on).
 
     Raises:
         ValueError: ``env`` has no split with object annotations (only ``shapes`` and ``coco`` have).
     """
-    if config.env not in LABELLED_DATASETS:
-        raise ValueError(f"probes need a split with object annotations ({' or '.join(LABELLED_DATASETS)}); "
-                         f"--env {config.env} has none")
-    train_set, val_set = _dataset(config, "train"), _dataset(config, "val")
-    train_indices = np.sort(np.random.default_rng(config.seed).permutation(len(train_set))[: config.probe_train_images])
-    val_indices = np.arange(len(val_set))
-    if val_images is not None and val_images < len(val_set):
-        val_indices = np.sort(np.random.default_rng(config.seed + 7).permutation(len(val_set))[:val_images])
-    canvas = default_canvas_size(config.obs_size)
-    bank_train = ImageBank.from_dataset(train_set, canvas_size=canvas, indices=train_indices.tolist(), progress=False)
-    bank_val = ImageBank.from_dataset(val_set, canvas_size=canvas, indices=val_indices.tolist(), progress=False)
-    return probe_data(bank_train, bank_val, config.obs_size, seed=config.seed, min_crop_area=config.crop_scale[0])
+    return ProbeProtocol.from_pretrain(config, val_images=val_images).data(progress=False)
 
 
 def probe_against_random_init(config: PretrainConfig, online: gvf.GVFNetwork, num_categories: int,
                               tokenizer: CaptionTokenizer | None, device: torch.device) -> dict[str, dict[str, float]]:
-    """Run every probe (on :func:`probe_set`) on the pretrained encoder, on a freshly initialised one
-    (:func:`random_init_network`) and on the colour-grid floor; print the table and write it as JSON to
-    ``<out>/probe.json``. Returns the table (empty, after a message, for data without object annotations)."""
+    """Run every probe under the run's protocol (:meth:`agents.probe.ProbeProtocol.from_pretrain`, the protocol of
+    ``python -m agents.probe --checkpoint``) on the pretrained encoder, on a freshly initialised one
+    (:func:`agents.network.random_init_encoder`) and on the colour-grid floor; print the table and write it as
+    JSON to ``<out>/probe.json``. Returns the table (empty, after a message, for data without object
+    annotations)."""
     if config.env not in LABELLED_DATASETS:
         print(f"probes need a split with object annotations (shapes or coco); skipped for --env {config.env}")
         return {}
-    data = probe_set(config)
-    random_net = random_init_network(config, num_categories, tokenizer).to(device)
+    protocol = ProbeProtocol.from_pretrain(config)
     began = time.perf_counter()
-    results = probe_encoders({"pretrained": online.encoder, "random init": random_net.encoder}, data, device=device,
-                             progress=config.progress, seed=config.seed)
+    rows = {"pretrained": ViewEncoder(online.encoder), "random init": random_init_encoder(config).to(device)}
+    record = probe_encoder(rows, protocol, device, progress=config.progress)
     online.encoder.train()
-    print(f"\nprobes on {config.env} val ({len(data.val)} images, fitted on {len(data.train)} train images; "
-          f"{time.perf_counter() - began:.0f} s):\n{format_probe_table(results, digits=3)}")
+    results = record["scores"]
+    print(f"\nprobes on {config.env} val ({record['images']['val']} images, fitted on {record['images']['train']} "
+          f"train images; {time.perf_counter() - began:.0f} s):\n{format_probe_table(results, digits=3)}")
     path = Path(config.out) / "probe.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"probe results written to {path}")

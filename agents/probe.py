@@ -39,13 +39,14 @@ deterministic on CPU, the global random state untouched), with cross-entropy (bo
 (presence, mAP). The tokens are extracted once under ``torch.no_grad`` and cached in bfloat16 (float32's range in 2
 bytes: 10,000 crops of 64 tokens x 128 channels take 164 MB); each minibatch is cast to float32.
 
-Encoder contract: a callable (usually an ``nn.Module`` already on ``device``) from ``float32 [B, 3, S, S]`` views
-(every view enters as ``uint8`` and is scaled to ``[0, 1]`` and normalised with the ImageNet mean and std here, by
-:func:`normalise_views`) to either pooled features, a tensor ``[B, D]``, or an object with ``.tokens [B, T, E]`` and
-``.pooled [B, D]`` (``agents.models.EncoderOutput``, :class:`EncodedViews`). The pooled probes read ``.pooled`` and
-the attentive probes ``.tokens``. A pooled-only encoder gets every pooled probe, and its attentive probes run on a
-single token, the pooled vector: attention over one token is the identity, so there they are linear probes (through
-the value map) on the standardised pooled feature, and say nothing about tokens.
+Encoder contract: a callable (usually an ``nn.Module`` already on ``device``) from ``uint8 [B, 3, S, S]`` views
+(0-255: the encoder normalises them itself, as :class:`agents.models.ViewEncoder` does with the ImageNet mean and
+std; every encoder the project hands out is one) to either pooled features, a tensor ``[B, D]``, or an object
+with ``.tokens [B, T, E]`` and ``.pooled [B, D]`` (``agents.models.EncoderOutput``, :class:`EncodedViews`). The
+pooled probes read ``.pooled`` and the attentive probes ``.tokens``. A pooled-only encoder gets every pooled probe,
+and its attentive probes run on a single token, the pooled vector: attention over one token is the identity, so
+there they are linear probes (through the value map) on the standardised pooled feature, and say nothing about
+tokens.
 
 Colour-grid floor (:class:`ColourGridEncoder`): the mean colour of each cell of a 4 x 4 grid of the view, as an
 encoder (tokens: the 16 cells' colours ``[B, 16, 3]``, without their positions; pooled: those 48 numbers, in
@@ -58,17 +59,21 @@ each side, enlarged where needed to ``min_area`` of the image's area (by default
 crop always contains its box. Without that floor 40 to 60% of Shapes' object crops (by generator version) were
 smaller than any view the encoder was trained on.
 
-Command line (the checkpoint is read by ``agents.checkpoint.load_encoder``; the flags are the fields of
-:class:`ProbeConfig`)::
+Command line (the flags are the fields of :class:`ProbeConfig`): one of ``--checkpoint`` (read by
+``agents.checkpoint.load_encoder``), ``--export`` (``agents.export.load_export``) or ``--timm NAME`` (a fresh timm
+model, a baseline), probed under :class:`ProbeProtocol`, the protocol of the pretrainer's own end-of-run probes
+(the protocol's fields default to the checkpoint's or the card's run)::
 
-    python -m agents.probe --checkpoint runs/shapes/checkpoint.pt --out probes.json --max-images 2000
+    python -m agents.probe --checkpoint runs/shapes/checkpoint.pt --random-init --out probes.json
 
-It prints a table of scores (the checkpoint's and the colour-grid floor's) and writes them, with what was
-measured, as JSON to ``--out``; :func:`probe_checkpoint` returns that record to a caller.
+It prints a table of scores (the encoder's, optionally its random init's, and the colour-grid floor's) and writes
+them, with the protocol, as JSON to ``--out``; :func:`probe_from_config` returns that record to a caller and
+:func:`probe_encoder` probes any encoder from Python.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -78,6 +83,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -100,6 +106,7 @@ __all__ = [
     "Encoder",
     "ProbeConfig",
     "ProbeData",
+    "ProbeProtocol",
     "ProbeSplit",
     "TokenOutput",
     "attentive_classification_probe",
@@ -117,9 +124,10 @@ __all__ = [
     "mean_average_precision",
     "normalise_views",
     "presence_probe",
-    "probe_checkpoint",
     "probe_data",
+    "probe_encoder",
     "probe_encoders",
+    "probe_from_config",
     "run_probes",
 ]
 
@@ -336,7 +344,8 @@ class TokenOutput(Protocol):
     pooled: Tensor
 
 
-#: The encoder contract: normalised ``float32 [B, 3, S, S]`` views -> pooled ``[B, D]`` or a :class:`TokenOutput`.
+#: The encoder contract: ``uint8 [B, 3, S, S]`` views (0-255; the encoder normalises them itself, as
+#: :class:`agents.models.ViewEncoder` does) -> pooled ``[B, D]`` or a :class:`TokenOutput`.
 Encoder = Callable[[Tensor], Tensor | TokenOutput]
 
 
@@ -360,8 +369,8 @@ def _imagenet_statistics(device: torch.device) -> tuple[Tensor, Tensor]:
 
 def normalise_views(views: Tensor) -> Tensor:
     """``uint8 [N, 3, S, S]`` views -> ``float32 [N, 3, S, S]``: scaled to ``[0, 1]``, then ``(x - mean) / std``
-    per channel with :data:`agents.models.IMAGENET_MEAN` and ``IMAGENET_STD`` (the input convention of every
-    encoder)."""
+    per channel with :data:`agents.models.IMAGENET_MEAN` and ``IMAGENET_STD``: what
+    :class:`agents.models.ViewEncoder` does before its encoder, for callers holding a bare one."""
     mean, std = _imagenet_statistics(views.device)
     return (views.to(torch.float32) / 255.0 - mean) / std
 
@@ -415,7 +424,7 @@ def _encode(
     try:
         with torch.no_grad():
             for first in tqdm(range(0, views.shape[0], batch_size), desc=desc, unit="batch", disable=not progress):
-                batch = normalise_views(views[first : first + batch_size].to(device))  # (b, 3, S, S)
+                batch = views[first : first + batch_size].to(device)  # uint8 (b, 3, S, S)
                 tokens, pooled = _split_output(encoder(batch), batch.shape[0])
                 pooled_chunks.append(pooled.to(device=device, dtype=torch.float32))
                 if token_dtype is not None:
@@ -435,11 +444,11 @@ def extract_features(
     progress: bool = False,
     desc: str = "features",
 ) -> Tensor:
-    """Pooled features of the frozen encoder: batches of views normalised by :func:`normalise_views`, under
-    ``torch.no_grad``, with an ``nn.Module`` in eval mode (its previous mode is restored afterwards).
+    """Pooled features of the frozen encoder: batches of ``uint8`` views, under ``torch.no_grad``, with an
+    ``nn.Module`` in eval mode (its previous mode is restored afterwards).
 
     Args:
-        encoder: ``float32 [B, 3, S, S] -> [B, D]`` pooled features, or an object with ``.pooled [B, D]`` and
+        encoder: ``uint8 [B, 3, S, S] -> [B, D]`` pooled features, or an object with ``.pooled [B, D]`` and
             ``.tokens [B, T, E]`` (see :data:`Encoder`); an ``nn.Module`` should already be on ``device``.
         views: ``uint8 [N, 3, S, S]``, on any device.
         batch_size: Views per encoder call.
@@ -495,10 +504,10 @@ class ColourGridEncoder(nn.Module):
     """The colour-grid floor as an encoder: the mean colour of each cell of a ``grid x grid`` split of the view.
 
     It sees colour and coarse layout but no shape; probes on it measure how much of a task colour alone solves,
-    the floor a learned encoder must beat. It takes the same normalised views as any encoder (and undoes the
-    normalisation), so a floor row is measured with exactly the protocol of the rows it is set against.
+    the floor a learned encoder must beat. It takes the same ``uint8`` views as any encoder, so a floor row is
+    measured with exactly the protocol of the rows it is set against.
 
-    Forward: normalised ``float32 [B, 3, S, S]`` with ``S`` divisible by ``grid`` -> :class:`EncodedViews` with
+    Forward: ``uint8 [B, 3, S, S]`` with ``S`` divisible by ``grid`` -> :class:`EncodedViews` with
     ``tokens float32 [B, grid * grid, 3]`` (each cell's mean RGB in ``[0, 1]``, cells row-major) and ``pooled
     float32 [B, 3 * grid * grid]`` (the same numbers, channel-major: 48 at ``grid=4``).
     """
@@ -515,8 +524,9 @@ class ColourGridEncoder(nn.Module):
                 f"views of shape {tuple(views.shape)} do not fit grid={self.grid}: expected [B, 3, S, S] with S "
                 f"divisible by {self.grid}"
             )
-        mean, std = _imagenet_statistics(views.device)
-        cells = F.adaptive_avg_pool2d(views * std + mean, self.grid)  # (B, 3, grid, grid) in [0, 1]
+        if views.dtype != torch.uint8:
+            raise ValueError(f"the colour grid takes uint8 views (0-255), got {views.dtype}")
+        cells = F.adaptive_avg_pool2d(views.float() / 255.0, self.grid)  # (B, 3, grid, grid) in [0, 1]
         return EncodedViews(tokens=cells.flatten(2).transpose(1, 2), pooled=cells.flatten(1))
 
 
@@ -532,7 +542,7 @@ def colour_grid_features(views: Tensor, grid: int = 4) -> Tensor:
     """
     if views.dtype != torch.uint8 or views.dim() != 4 or views.shape[1] != 3:
         raise ValueError(f"views must be uint8 [N, 3, S, S], got {views.dtype} {tuple(views.shape)}")
-    return ColourGridEncoder(grid)(normalise_views(views)).pooled
+    return ColourGridEncoder(grid)(views).pooled
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1139,7 +1149,7 @@ def run_probes(
     about 300 MB.
 
     Args:
-        encoder: Normalised ``float32 [B, 3, S, S]`` views -> pooled ``[B, D]``, or an object with ``.tokens
+        encoder: ``uint8 [B, 3, S, S]`` views -> pooled ``[B, D]``, or an object with ``.tokens
             [B, T, E]`` and ``.pooled [B, D]`` (see :data:`Encoder`). A pooled-only encoder's attentive probes run
             on one token, its pooled vector.
         data: From :func:`probe_data`.
@@ -1279,102 +1289,283 @@ def _config_value(config: Any, name: str) -> Any:
     return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The protocol: one description of what is measured, shared by the pretrainer's end-of-run probes and the CLI.
+
+#: Train images of the default protocol (the pretrainer's ``--probe-train-images``).
+PROTOCOL_TRAIN_IMAGES = 2000
+
+
+@dataclass(frozen=True)
+class ProbeProtocol:
+    """Everything that decides a probe score besides the encoder: the images, the crops and the probes' settings.
+
+    The pretrainer's end-of-run probes use :meth:`from_pretrain` of the run's config, ``python -m agents.probe``
+    the same protocol read from a checkpoint, an export's card, or its flags, so scores from both compare.
+
+    Attributes:
+        dataset, root: The labelled source (``shapes`` or ``coco``) and its root (``None``: its default).
+        view_size: Side of every view and crop, in pixels (the encoder's view size).
+        canvas_size: Side of the image bank's canvas; ``None``: :func:`view_env.default_canvas_size` of
+            ``view_size``, as the environment fits it.
+        train_images: Train images the probes are fitted on, drawn as ``numpy.random.default_rng(seed)
+            .permutation(len(train))[:train_images]`` (sorted); ``None``: every train image.
+        val_images: Val images scored; ``None`` (default): the whole split; else drawn like ``train_images`` with
+            ``seed + 7``.
+        min_crop_area: Smallest object crop as a fraction of the image (:func:`crop_boxes`): the smallest view
+            the encoder was trained on (the pretrainer's ``crop_scale[0]``).
+        seed: Seed of the image draws and of the probes' initialisation and minibatch order.
+        epochs, attentive_epochs: Passes of each linear and attentive probe.
+    """
+
+    dataset: str = "shapes"
+    root: str | None = None
+    view_size: int = 32
+    canvas_size: int | None = None
+    train_images: int | None = PROTOCOL_TRAIN_IMAGES
+    val_images: int | None = None
+    min_crop_area: float = MIN_CROP_AREA
+    seed: int = 0
+    epochs: int = 100
+    attentive_epochs: int = ATTENTIVE_EPOCHS
+
+    def __post_init__(self) -> None:
+        check(self.dataset in LABELLED_DATASETS, "dataset", self.dataset,
+              f"a dataset with object labels ({' or '.join(LABELLED_DATASETS)})")
+        for name in ("view_size", "canvas_size", "train_images", "val_images"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, int) and value >= 1), name, value,
+                  "an integer >= 1" + ("" if name == "view_size" else " (or none for the default)"))
+        check(self.view_size is not None, "view_size", self.view_size, "an integer >= 1")
+        for name in ("epochs", "attentive_epochs"):
+            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, getattr(self, name),
+                  "an integer >= 1")
+        check(0 <= self.min_crop_area <= 1, "min_crop_area", self.min_crop_area,
+              "a fraction of the image's area in [0, 1]")
+
+    @classmethod
+    def from_pretrain(cls, config: Any, **overrides: Any) -> ProbeProtocol:
+        """The protocol of a pretraining run's end-of-run probes (``config``: an ``agents.config.PretrainConfig``
+        or its dict): its dataset and root, ``obs_size``, ``probe_train_images``, ``crop_scale[0]`` and
+        ``seed``; ``overrides`` replace any field.
+
+        Raises:
+            ValueError: The run's data has no object labels and no ``dataset`` override is given.
+        """
+        env = _config_value(config, "env") or "shapes"
+        values: dict[str, Any] = {
+            "dataset": env,
+            "root": _config_value(config, "root") if env in LABELLED_DATASETS else None,
+            "view_size": int(_config_value(config, "obs_size") or cls.view_size),
+            "train_images": _config_value(config, "probe_train_images") or PROTOCOL_TRAIN_IMAGES,
+            "min_crop_area": float((_config_value(config, "crop_scale") or (MIN_CROP_AREA,))[0]),
+            "seed": int(_config_value(config, "seed") or 0),
+        }
+        if "dataset" in overrides and overrides["dataset"] != env and "root" not in overrides:
+            values["root"] = None  # the run's root belongs to the run's dataset
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["dataset"] not in LABELLED_DATASETS:
+            raise ValueError(f"the encoder was trained on {values['dataset']!r}, which has no object labels; pass "
+                             f"--dataset {'|'.join(LABELLED_DATASETS)} to probe it on a labelled set")
+        return cls(**values)
+
+    @property
+    def canvas(self) -> int:
+        """The bank's canvas side: ``canvas_size``, or the environment's rule for ``view_size``."""
+        return self.canvas_size if self.canvas_size is not None else default_canvas_size(self.view_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def _draw(self, count: int, wanted: int | None, seed: int) -> list[int]:
+        if wanted is None or wanted >= count:
+            return list(range(count))
+        return sorted(np.random.default_rng(seed).permutation(count)[:wanted].tolist())
+
+    def data(self, progress: bool = False) -> ProbeData:
+        """The protocol's rendered views, crops and targets (:func:`probe_data` on its two banks).
+
+        Raises:
+            DatasetNotFoundError: The dataset is not where ``root`` says.
+        """
+        canvas = self.canvas
+        banks = []
+        for split, wanted, seed in (("train", self.train_images, self.seed), ("val", self.val_images, self.seed + 7)):
+            kwargs: dict[str, Any] = {"root": self.root, "split": split}
+            if self.dataset == "shapes":
+                kwargs["progress"] = progress
+            dataset = load_dataset(self.dataset, **kwargs)
+            banks.append(ImageBank.from_dataset(dataset, canvas_size=canvas,
+                                                indices=self._draw(len(dataset), wanted, seed), progress=progress))
+        return probe_data(*banks, view_size=self.view_size, seed=self.seed, min_crop_area=self.min_crop_area)
+
+
+def probe_encoder(
+    encoders: Encoder | Mapping[str, Encoder],
+    protocol: ProbeProtocol,
+    device: str | torch.device = "cpu",
+    *,
+    floor: bool = True,
+    progress: bool = True,
+    data: ProbeData | None = None,
+) -> dict[str, Any]:
+    """Probe any frozen encoder (or several, as rows of one table) under ``protocol``.
+
+    Args:
+        encoders: An encoder or ``{row name: encoder}``; each takes ``uint8 [B, 3, S, S]`` views (wrap a bare
+            module that takes normalised floats in :class:`agents.models.ViewEncoder`) and returns pooled ``[B,
+            D]`` or ``.tokens [B, T, E]`` and ``.pooled [B, D]``, on ``device``. A single encoder is the row
+            ``"encoder"``.
+        protocol: What to measure (:class:`ProbeProtocol`).
+        device: Where the encoders and the probes run.
+        floor: Add the colour-grid floor row (:data:`COLOUR_GRID`).
+        progress: Progress bars.
+        data: ``protocol.data()`` already rendered (several calls on one protocol share it).
+
+    Returns:
+        ``{"protocol": protocol.to_dict(), "canvas_size": the canvas used, "images": {"train", "val"}, "objects":
+        {"train", "val"}, "scores": {row: run_probes' scores}}``.
+    """
+    rows = dict(encoders) if isinstance(encoders, Mapping) else {"encoder": encoders}
+    data = protocol.data(progress) if data is None else data
+    table = probe_encoders(rows, data, device=device, epochs=protocol.epochs, progress=progress, colour_grid=floor,
+                           seed=protocol.seed, attentive_epochs=protocol.attentive_epochs)
+    return {
+        "protocol": protocol.to_dict(),
+        "canvas_size": protocol.canvas,
+        "images": {"train": len(data.train), "val": len(data.val)},
+        "objects": {"train": len(data.train.crop_labels), "val": len(data.val.crop_labels)},
+        "scores": table,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line.
+
+
 @dataclass
 class ProbeConfig:
-    """Arguments of ``python -m agents.probe``; each field's help is its flag's help (:mod:`agents.cli`)."""
+    """Arguments of ``python -m agents.probe``; each field's help is its flag's help (:mod:`agents.cli`).
 
-    checkpoint: Path = option(help="checkpoint written by agents.pretrain (its --out DIR/checkpoint.pt)")
-    out: Path | None = option(None, "write the scores, with what was measured, as JSON to this file")
+    Exactly one of ``checkpoint``, ``export`` and ``timm`` names the encoder. The protocol's fields default to
+    what the encoder was trained with (a checkpoint's config, an export's card), else to :class:`ProbeProtocol`'s
+    defaults, so that a checkpoint probed here scores what the pretrainer's own end-of-run probes scored.
+    """
+
+    checkpoint: Path | None = option(None, "a checkpoint written by agents.pretrain (its --out DIR/checkpoint.pt)")
+    export: Path | None = option(None, "an export directory written by agents.export")
+    timm: str | None = option(None, "a timm model name, built from scratch (nothing is downloaded): a baseline")
+    out: Path | None = option(None, "write the scores, with the protocol, as JSON to this file")
     device: str = option("cpu", "where the encoder and the probes run")
-    max_images: int | None = option(None, "at most this many images of each split (default: all)")
-    dataset: str | None = option(None, "labelled dataset (default: the checkpoint's env, else shapes)",
+    dataset: str | None = option(None, "labelled dataset (default: the encoder's training env, else shapes)",
                                  choices=LABELLED_DATASETS)
-    root: str | None = option(None, "the dataset's root (default: the checkpoint's, else the dataset's default)")
-    view_size: int | None = option(None, "view side in pixels (default: the checkpoint's obs_size)")
+    root: str | None = option(None, "the dataset's root (default: the encoder's, else the dataset's default)")
+    view_size: int | None = option(None, "view side in pixels (default: the encoder's obs_size; 32 for --timm)")
+    patch_size: int | None = option(None, "ViT patch size of a --timm model (default: timm's)")
     canvas_size: int | None = option(None, "image bank canvas side (default: view_env.default_canvas_size of the "
                                      "view size, as the environment fits it)")
+    train_images: int | None = option(None, "train images the probes are fitted on (default: the run's "
+                                      f"probe_train_images, else {PROTOCOL_TRAIN_IMAGES}; none: all)")
+    all_train_images: bool = option(False, "fit on every train image instead (not the pretrainer's protocol)")
+    val_images: int | None = option(None, "val images scored (default: the whole split)")
+    min_crop_area: float | None = option(None, "smallest object crop, a fraction of the image's area (default: "
+                                         f"the run's crop_scale[0], else {MIN_CROP_AREA})")
+    seed: int | None = option(None, "seed of the image draws and the probes (default: the run's, else 0)")
     epochs: int = option(100, "epochs of each linear probe")
     attentive_epochs: int = option(ATTENTIVE_EPOCHS, "epochs of each attentive probe")
-    min_crop_area: float = option(MIN_CROP_AREA, "smallest object crop, a fraction of the image's area")
     floor: bool = option(True, "add the colour-grid floor row (--no-floor leaves it out)")
-    seed: int = option(0, "seed of the image subset and the probes")
+    random_init: bool = option(False, "add a row for the same architecture at random init (the pretrainer's "
+                               "\"random init\" row: the run's network built from torch seed seed + 1)")
     progress: bool = option(True, "show progress bars")
 
     def __post_init__(self) -> None:
-        self.checkpoint = Path(self.checkpoint).expanduser()
-        check(self.checkpoint.is_file(), "checkpoint", self.checkpoint,
-              "the path of a checkpoint written by agents.pretrain (it does not exist)")
-        for name in ("max_images", "view_size", "canvas_size"):
+        given = [name for name in ("checkpoint", "export", "timm") if getattr(self, name) is not None]
+        check(len(given) == 1, "checkpoint", self.checkpoint,
+              f"exactly one of --checkpoint, --export and --timm (given: {given or 'none'})")
+        if self.checkpoint is not None:
+            self.checkpoint = Path(self.checkpoint).expanduser()
+            check(self.checkpoint.is_file(), "checkpoint", self.checkpoint,
+                  "the path of a checkpoint written by agents.pretrain (it does not exist)")
+        if self.export is not None:
+            self.export = Path(self.export).expanduser()
+            check(self.export.is_dir(), "export", self.export,
+                  "a directory written by python -m agents.export (it does not exist)")
+        check(not (self.random_init and self.export is not None), "random_init", self.random_init,
+              "off with --export (an export holds the encoder only; probe its checkpoint for a random-init row)")
+        check(not (self.all_train_images and self.train_images is not None), "all_train_images",
+              self.all_train_images, "off when --train-images is given")
+        for name in ("view_size", "patch_size", "canvas_size", "train_images", "val_images"):
             value = getattr(self, name)
             check(value is None or value >= 1, name, value, "an integer >= 1 (or none for the default)")
         for name in ("epochs", "attentive_epochs"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        check(0 <= self.min_crop_area <= 1, "min_crop_area", self.min_crop_area,
+        check(self.min_crop_area is None or 0 <= self.min_crop_area <= 1, "min_crop_area", self.min_crop_area,
               "a fraction of the image's area in [0, 1]")
 
 
-def probe_checkpoint(config: ProbeConfig) -> dict[str, Any]:
-    """Probe a checkpoint's frozen encoder, and the colour-grid floor unless ``config.floor`` is off.
+def _encoder_to_probe(config: ProbeConfig) -> tuple[dict[str, Encoder], Any, dict[str, Any]]:
+    """The CLI's rows ``{name: uint8-in encoder}``, the training config to read the protocol from (a mapping or
+    ``None``), and where the encoder came from."""
+    if config.checkpoint is not None:
+        encoder, trained = load_encoder(config.checkpoint, config.device)
+        rows: dict[str, Encoder] = {"checkpoint": encoder}
+        if config.random_init:
+            from agents.network import random_init_encoder  # the network modules load only when asked
 
-    What the checkpoint was trained on is the default: its view size, dataset and root.
+            rows["random init"] = random_init_encoder(trained).to(config.device).eval()
+        return rows, trained, {"checkpoint": str(config.checkpoint)}
+    if config.export is not None:
+        from agents.export import load_export
 
-    Returns:
-        The record ``python -m agents.probe`` writes as JSON: ``checkpoint``, ``dataset``, ``root``, ``view_size``,
-        ``canvas_size``, ``min_crop_area``, ``images`` and ``objects`` (per split), ``epochs``,
-        ``attentive_epochs``, ``seed``, ``scores`` (the checkpoint's, as :func:`run_probes`) and ``floor`` (the
-        colour grid's, or ``None``).
+        encoder, card = load_export(config.export, config.device)
+        return {"export": encoder}, card.get("config") or {"obs_size": card.get("view_size")}, {
+            "export": str(config.export)}
+    from agents.models import TIMM_PREFIX, ViewEncoder, build_encoder
+
+    view_size = config.view_size or ProbeProtocol.view_size
+    torch.manual_seed(config.seed or 0)
+    encoder = ViewEncoder(build_encoder(TIMM_PREFIX + config.timm, view_size, config.patch_size))
+    rows = {f"timm:{config.timm}": encoder.to(config.device).eval()}
+    return rows, {"obs_size": view_size}, {"timm": config.timm, "patch_size": config.patch_size}
+
+
+def probe_from_config(config: ProbeConfig) -> dict[str, Any]:
+    """What ``python -m agents.probe`` does: the record of :func:`probe_encoder` plus ``source`` (where the
+    encoder came from).
 
     Raises:
-        CheckpointError: The checkpoint is unreadable or not one of agents.pretrain.
-        ValueError: The checkpoint was trained on a dataset without labels and no ``dataset`` is given.
+        CheckpointError: The checkpoint or export is unreadable.
+        ValueError: The encoder was trained on data without labels and no ``dataset`` is given, or an unknown
+            timm name.
     """
-    encoder, trained = load_encoder(config.checkpoint, config.device)
-    trained_on = _config_value(trained, "env")
-    dataset_name = config.dataset or trained_on or "shapes"
-    if dataset_name not in LABELLED_DATASETS:
-        raise ValueError(f"the checkpoint was trained on {dataset_name!r}, which has no labels; pass --dataset "
-                         f"{'|'.join(LABELLED_DATASETS)}")
-    root = config.root or (_config_value(trained, "root") if dataset_name == trained_on else None)
-    view_size = config.view_size if config.view_size is not None else int(_config_value(trained, "obs_size") or 64)
-    canvas_size = config.canvas_size if config.canvas_size is not None else default_canvas_size(view_size)
-    banks = []
-    for split in ("train", "val"):
-        dataset = load_dataset(dataset_name, root=root, split=split)
-        rows = _subset(len(dataset), config.max_images, config.seed).tolist()
-        banks.append(ImageBank.from_dataset(dataset, canvas_size=canvas_size, indices=rows, progress=config.progress))
-    data = probe_data(*banks, view_size=view_size, min_crop_area=config.min_crop_area)
-    table = probe_encoders({"checkpoint": encoder}, data, device=config.device, epochs=config.epochs,
-                           progress=config.progress, colour_grid=config.floor, seed=config.seed,
-                           attentive_epochs=config.attentive_epochs)
-    return {
-        "checkpoint": str(config.checkpoint),
-        "dataset": dataset_name,
-        "root": root,
-        "view_size": view_size,
-        "canvas_size": canvas_size,
-        "min_crop_area": data.min_crop_area,
-        "images": {"train": len(data.train), "val": len(data.val)},
-        "objects": {"train": len(data.train.crop_labels), "val": len(data.val.crop_labels)},
-        "epochs": config.epochs,
-        "attentive_epochs": config.attentive_epochs,
-        "seed": config.seed,
-        "scores": table["checkpoint"],
-        "floor": table.get(COLOUR_GRID),
-    }
+    rows, trained, source = _encoder_to_probe(config)
+    overrides = {"dataset": config.dataset, "root": config.root, "view_size": config.view_size,
+                 "canvas_size": config.canvas_size, "train_images": config.train_images,
+                 "val_images": config.val_images, "min_crop_area": config.min_crop_area, "seed": config.seed,
+                 "epochs": config.epochs, "attentive_epochs": config.attentive_epochs}
+    protocol = ProbeProtocol.from_pretrain(trained, **overrides)
+    if config.all_train_images:
+        protocol = dataclasses.replace(protocol, train_images=None)
+    record = probe_encoder(rows, protocol, config.device, floor=config.floor, progress=config.progress)
+    return {"source": source, **record}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m agents.probe``: probe a checkpoint's encoder (and the colour-grid floor, unless ``--no-floor``),
-    print a table and write JSON (``--out``). Returns the exit status: 0, or 2 when the checkpoint or the data is
-    unusable (bad flags exit with status 2 through argparse)."""
+    """``python -m agents.probe``: probe a checkpoint's, an export's or a fresh timm model's encoder (and the
+    colour-grid floor, unless ``--no-floor``) under the pretrainer's protocol, print a table and write JSON
+    (``--out``). Returns the exit status: 0, or 2 when the encoder or the data is unusable (bad flags exit with
+    status 2 through argparse)."""
     config, _ = cli.parse(ProbeConfig, argv, prog="python -m agents.probe", description=__doc__.split("\n\n")[0])
     try:
-        record = probe_checkpoint(config)
+        record = probe_from_config(config)
     except (CheckpointError, ValueError, DatasetNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rows = {"checkpoint": record["scores"], **({COLOUR_GRID: record["floor"]} if record["floor"] else {})}
-    print(format_probe_table(rows))
+    protocol = record["protocol"]
+    print(f"probes on {protocol['dataset']} val ({record['images']['val']} images, fitted on "
+          f"{record['images']['train']} train images; {protocol['view_size']}-px views, crops >= "
+          f"{protocol['min_crop_area']:g} of the image, seed {protocol['seed']}):")
+    print(format_probe_table(record["scores"]))
     if config.out is not None:
         out = config.out.expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)

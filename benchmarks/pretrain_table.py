@@ -65,7 +65,8 @@ from agents import cli
 from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_encoder
 from agents.cli import check, flag_name, option
 from agents.config import PretrainConfig
-from agents.pretrain import probe_set, random_init_network, train
+from agents.network import random_init_encoder
+from agents.pretrain import probe_set, train
 from agents.probe import ColourGridEncoder, ProbeData, run_probes
 
 FIGURE = ROOT / "docs" / "figures" / "pretrain_table.png"
@@ -172,7 +173,7 @@ def probe_only(name: str, base: PretrainConfig, seed: int, data: ProbeData) -> d
         return run_probes(ColourGridEncoder(), data, device=base.device, progress=base.progress, seed=seed)
     # The encoder is built first from the torch seed, so the annotation source does not change it.
     config = dataclasses.replace(base, annotations="labels", seed=seed)
-    encoder = random_init_network(config, data.num_categories).encoder.to(base.device).eval()
+    encoder = random_init_encoder(config).to(base.device)
     return run_probes(encoder, data, device=base.device, progress=base.progress, seed=seed)
 
 

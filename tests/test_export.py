@@ -23,7 +23,8 @@ def pretrained(tiny_shapes, tmp_path, **overrides):
 
 
 def views(seed: int = 0) -> torch.Tensor:
-    return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    """``uint8 [2, 3, 32, 32]``: what the project's encoders take."""
+    return torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("overrides", [{"encoder": "cnn"}, {"encoder": "timm:resnet18"},
@@ -48,7 +49,9 @@ def test_export_reloads_to_the_checkpoints_features(tiny_shapes, tmp_path, overr
         model = timm.create_model(card["timm_name"], pretrained=True, num_classes=0,
                                   pretrained_cfg_overlay={"file": str(out / WEIGHTS)}, **card["timm_kwargs"])
         with torch.no_grad():
-            features = model.eval().forward_features(views())
+            # timm's model takes what the card says: [0, 1] RGB normalised with its mean and std.
+            mean, std = (torch.tensor(card[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+            features = model.eval().forward_features((views().float() / 255 - mean) / std)
             pooled = model.forward_head(features, pre_logits=True)
         torch.testing.assert_close(pooled, expected.pooled)
 

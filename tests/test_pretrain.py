@@ -68,7 +68,7 @@ def test_checkpoint_round_trip(tiny_shapes, tmp_path):
     for name, tensor in network.state_dict().items():
         assert torch.equal(tensor, payload["model"][name]), name
     encoder, _ = load_encoder(tmp_path / "run" / "checkpoint.pt")
-    features = encoder(torch.randn(2, 3, 32, 32))
+    features = encoder(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert features.pooled.shape == (2, 256) and features.tokens.shape == (2, 16, 256)
     assert loaded_config.annotations == "captions" and not encoder.training
 
@@ -197,23 +197,27 @@ def test_probe_command_on_a_real_checkpoint(tiny_shapes, tmp_path, capsys):
     assert probe.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(tmp_path / "p.json"),
                        "--epochs", "5", "--no-progress"]) == 0
     record = json.loads((tmp_path / "p.json").read_text())
-    assert set(record["scores"]) >= {"presence_map", "box_top1", "knn_top1", "count_acc", "count_mae"}
-    assert record["canvas_size"] == default_canvas_size(record["view_size"])  # the environment's canvas rule
+    scores = record["scores"]["checkpoint"]
+    assert set(scores) >= {"presence_map", "box_top1", "knn_top1", "count_acc", "count_mae"}
+    # the environment's canvas rule
+    assert record["canvas_size"] == default_canvas_size(record["protocol"]["view_size"])
     out = capsys.readouterr().out
-    assert "presence_map" in out and f"{record['scores']['presence_map']:.4f}" in out
+    assert "presence_map" in out and f"{scores['presence_map']:.4f}" in out
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     assert probe.main(["--checkpoint", str(corrupt), "--no-progress"]) == 2
     assert "corrupt" in capsys.readouterr().err
 
 
-def test_training_from_collected_shards(tiny_shapes, tmp_path):
+@pytest.mark.parametrize("shard_format", ["pt", "tar"])
+def test_training_from_collected_shards(tiny_shapes, tmp_path, shard_format):
     from agents import collect
 
     shards = tmp_path / "shards"
     code = collect.main(["--env", "shapes", "--root", str(tiny_shapes), "--out", str(shards), "--num-transitions",
-                         "64", "--num-envs", "4", "--obs-size", "32", "--shard-size", "32"])
-    assert code == 0
+                         "64", "--num-envs", "4", "--obs-size", "32", "--shard-size", "32",
+                         "--shard-format", shard_format])
+    assert code == 0 and {p.suffix for p in shards.iterdir() if p.name != "index.json"} == {f".{shard_format}"}
     summary = train(tiny(tiny_shapes, tmp_path, data=str(shards), total_steps=3, annotations="views",
                          buffer_size=16, batch_size=8, replay_ratio=1.0))
     assert summary["step"] == 3 and summary["delivered"] == 16 + 2 * 8  # streamed in order, past the first fill

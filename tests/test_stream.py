@@ -31,9 +31,11 @@ def ids(batches):
     return torch.cat([b["image_index"] for b in batches]).tolist()
 
 
-@pytest.fixture
-def shards(tmp_path):
-    return write_shards(tmp_path / "shards", [synthetic(23)], None, shard_size=5)  # counts 5, 5, 5, 5, 3
+@pytest.fixture(params=["pt", "tar"])
+def shards(tmp_path, request):
+    """Both containers: torch files and WebDataset tar shards read through webdataset's tar iterator."""
+    return write_shards(tmp_path / "shards", [synthetic(23)], None, shard_size=5,  # counts 5, 5, 5, 5, 3
+                        shard_format=request.param)
 
 
 # ----------------------------------------------------------------------------------------------- shards
@@ -41,6 +43,10 @@ def shards(tmp_path):
 
 def test_shards_stream_in_written_order_from_any_offset(shards):
     assert shards.counts == [5, 5, 5, 5, 3]
+    assert {p.suffix for p in shards.shard_paths} in ({".pt"}, {".tar"})
+    first = next(shards.stream(0, loop=False))
+    for key, value in synthetic(23).items():  # every field, bit for bit
+        assert torch.equal(first[key], value[:5]) and first[key].dtype == value.dtype, key
     stream = shards.stream(0, loop=False)
     assert ids(stream) == list(range(23))
     assert ids(shards.stream(12, loop=False)) == list(range(12, 23))
@@ -152,3 +158,42 @@ def test_memory_stays_bounded_over_a_stream_many_times_the_buffer(tiny_shapes):
     assert feeder.delivered >= 50 * buffer.capacity
     assert {key: value.data_ptr() for key, value in buffer.storage.items()} == storage
     assert grown < 0.1 * streamed / 2**20, f"the process grew {grown:.0f} MB while streaming {streamed / 2**20:.0f} MB"
+
+
+# ----------------------------------------------------------------------------------------------- WebDataset shards
+
+
+def test_tar_shards_are_plain_webdataset_shards(tmp_path):
+    """Any webdataset pipeline reads the tar container: one sample per transition, keyed by its position in the
+    log, one .npy member per field; the first sample carries the metadata."""
+    import json as json_module
+
+    import webdataset as wds
+
+    batch = synthetic(7)
+    dataset = write_shards(tmp_path / "tar", [batch], None, shard_size=4, shard_format="tar",
+                           metadata={"dataset": "toy"})
+    samples = list(wds.WebDataset([str(p) for p in dataset.shard_paths], shardshuffle=False).decode())
+    header, rows = samples[0], [s for s in samples if s["__key__"] != "__metadata__"]
+    assert header["__key__"] == "__metadata__"
+    meta = header["json"] if isinstance(header["json"], dict) else json_module.loads(header["json"])
+    assert meta["metadata"]["dataset"] == "toy" and meta["format_version"] == dataset.metadata["format_version"]
+    assert [r["__key__"] for r in rows] == [f"{i:09d}" for i in range(7)]
+    for i, row in enumerate(rows):
+        for key, value in batch.items():
+            assert (row[f"{key}.npy"] == value[i].numpy()).all(), (i, key)
+
+
+def test_corrupt_tar_shards_name_the_file(tmp_path):
+    from agents.data import ShardDataset, ShardFormatError
+
+    dataset = write_shards(tmp_path, [synthetic(8)], None, shard_size=4, shard_format="tar")
+    first, second = dataset.shard_paths
+    second.write_bytes(second.read_bytes()[:3000])  # torn inside a member
+    with pytest.raises(ShardFormatError, match=second.name):
+        ShardDataset(tmp_path).load_shard(1)
+    first.write_bytes(b"not a tar at all" * 64)
+    with pytest.raises(ShardFormatError, match=first.name):
+        ShardDataset(tmp_path).load_shard(0)
+    with pytest.raises(ValueError, match="shard_format='zip' is invalid"):
+        write_shards(tmp_path / "other", [synthetic(2)], None, shard_format="zip")

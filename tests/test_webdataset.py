@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import encoded_image, write_shard
 
-from view_env.vector import ViewTransformVectorEnv
 from view_env.data import DatasetNotFoundError, NoReadableImagesError, SkippedImagesWarning, load_dataset
 from view_env.data.stream import StreamingImagePool, WebDatasetShards
+from view_env.vector import ViewTransformVectorEnv
 
 
 def colour_of(number: int) -> tuple[int, int, int]:
