@@ -395,10 +395,9 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
             between checkpoints).
 
     Returns:
-        What ``<out>/summary.json`` holds (``step``, ``losses``, ``metrics``, ``train_seconds``,
-        ``collect_fraction``, ``target_drift``, ``probes`` when probed, ``timings``: ``fill_s`` filling the buffer
-        before the first step, ``collect_s`` collecting during the steps, ``optimise_s`` the rest of the steps,
-        ``probe_s`` the end-of-run probes), plus ``network``: the trained online
+        What ``<out>/summary.json`` holds (``step``, ``losses``, ``metrics``, ``train_seconds``, ``target_drift``,
+        ``probes``, ``timings``: ``fill_s`` before the first step, ``collect_s`` collecting during the steps,
+        ``optimise_s`` the rest of the steps, ``probe_s`` the end-of-run probes), plus ``network``: the trained
         :class:`agents.gvf.GVFNetwork` (``ViewEncoder(summary["network"].encoder)`` is its encoder, ``uint8`` in).
     """
     rank, world = _distributed()
@@ -413,9 +412,8 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
     online, target, optimizer, start = _networks(config, num_categories, tokenizer, device, resumed)
     _fill(feeder, resumed["extra"]["delivered"] if resumed is not None else None, config.progress and rank == 0)
     learner = _learner(config, online, target, optimizer, device, world)
-    extra: dict[str, Any] = {"num_categories": num_categories}
-    if tokenizer is not None:
-        extra["tokenizer"] = tokenizer.state_dict()
+    extra: dict[str, Any] = {"num_categories": num_categories,
+                             **({"tokenizer": tokenizer.state_dict()} if tokenizer is not None else {})}
 
     end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=config.total_steps, desc="pretrain", unit="step",
@@ -443,28 +441,24 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
     bar.close()
     close_stream()
     elapsed = time.perf_counter() - began
+    collect_total = feeder.seconds - collect_seconds
     summary: dict[str, Any] = {
         "step": end, "first_loss": history[0]["loss"] if history else None,
         "last_loss": history[-1]["loss"] if history else None, "losses": [m["loss"] for m in history],
         "metrics": history, "train_seconds": elapsed,
-        "collect_fraction": (feeder.seconds - collect_seconds) / elapsed if end > start else 0.0,
+        "collect_fraction": collect_total / elapsed if end > start else 0.0,
         "delivered": feeder.delivered, "ema_base_momentum": learner.base_momentum,
         "target_drift": gvf.target_drift(target, online), "config": config_to_dict(config),
+        "timings": {"fill_s": collect_seconds, "collect_s": collect_total,
+                    "optimise_s": max(0.0, elapsed - collect_total), "probe_s": 0.0},
     }
     if rank == 0 and end > start:
         _print_run(summary, start, world, config.batch_size)
     if world > 1:
         summary["rank_checksums"] = _rank_checksums(online, world)
-    probe_seconds = 0.0
     if end == config.total_steps and config.probe and rank == 0:
-        probing = time.perf_counter()
-        summary["probes"] = probe_against_random_init(config, online, num_categories, tokenizer, device)
-        probe_seconds = time.perf_counter() - probing
-        curves.probes(end, summary["probes"])
+        _end_of_run_probes(config, summary, curves, online, num_categories, tokenizer, device)
     curves.close()
-    collect_total = feeder.seconds - collect_seconds
-    summary["timings"] = {"fill_s": collect_seconds, "collect_s": collect_total,
-                          "optimise_s": max(0.0, elapsed - collect_total), "probe_s": probe_seconds}
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -472,6 +466,15 @@ def train(config: PretrainConfig, stop_after: int | None = None) -> dict[str, An
         dist.barrier()
     summary["network"] = online  # after summary.json: the trained online network itself, for a caller
     return summary
+
+
+def _end_of_run_probes(config: PretrainConfig, summary: dict[str, Any], curves: CurveLog, online: gvf.GVFNetwork,
+                       num_categories: int, tokenizer: CaptionTokenizer | None, device: torch.device) -> None:
+    """Probe at the end of the run: ``summary["probes"]``, ``summary["timings"]["probe_s"]`` and the curves."""
+    began = time.perf_counter()
+    summary["probes"] = probe_against_random_init(config, online, num_categories, tokenizer, device)
+    summary["timings"]["probe_s"] = time.perf_counter() - began
+    curves.probes(summary["step"], summary["probes"])
 
 
 def random_init_network(config: PretrainConfig, num_categories: int, tokenizer: CaptionTokenizer | None = None
