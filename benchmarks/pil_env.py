@@ -96,7 +96,8 @@ class PILViewEnv(gym.Env):
         if hue:
             hsv = np.array(view.convert("HSV"))
             hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(hue * 255)) % 256
-            view = Image.fromarray(hsv, "HSV").convert("RGB")
+            # frombytes: Image.fromarray's mode argument is deprecated (Pillow 13 removes it)
+            view = Image.frombytes("HSV", view.size, hsv.tobytes()).convert("RGB")
         if gray:
             view = view.convert("L").convert("RGB")
         if blur:
