@@ -6,7 +6,8 @@ writes ``OUT/model.safetensors`` (the frozen encoder's weights, nothing else of 
 ``OUT/model_card.json`` (architecture, view size, input normalisation, the data and steps it was trained on, and the
 run's probe scores when ``probe.json`` lies beside the checkpoint). Load it back:
 
-- a timm encoder (``--encoder timm:NAME``) with timm alone::
+- a timm encoder (``--encoder timm:NAME``, and the ``vit_tiny`` / ``vit_small`` presets, which are timm ViTs) with
+  timm alone::
 
       timm.create_model(NAME, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file="OUT/model.safetensors"),
                         **card["timm_kwargs"])
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_network
-from agents.models import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, ViewEncoder, build_encoder
+from agents.models import IMAGENET_MEAN, IMAGENET_STD, TimmEncoder, ViewEncoder, build_encoder
 from agents.network import encoder_overrides
 
 WEIGHTS, CARD = "model.safetensors", "model_card.json"
@@ -51,7 +52,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     network, config = load_network(checkpoint)
     step = int(load_checkpoint(checkpoint)["step"])
     encoder = network.encoder
-    timm_model = getattr(encoder, "model", None) if config.encoder.startswith(TIMM_PREFIX) else None
+    timm_model = encoder.model if isinstance(encoder, TimmEncoder) else None  # timm: and the vit_* presets
     weights = (timm_model if timm_model is not None else encoder).state_dict()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         "checkpoint": str(checkpoint),
     }
     if timm_model is not None:
-        card["timm_name"] = config.encoder[len(TIMM_PREFIX):]
+        card["timm_name"] = encoder.name
         card["timm_kwargs"] = encoder.timm_kwargs
     probes = checkpoint.parent / "probe.json"
     if probes.is_file():
@@ -104,7 +105,7 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
         raise CheckpointError(f"{directory / CARD} is not a model card of agents.export")
     build = dict(card["build"])
     encoder = build_encoder(card["architecture"], build.pop("image_size"), build.pop("patch_size"), **build)
-    target = encoder.model if card["architecture"].startswith(TIMM_PREFIX) else encoder
+    target = encoder.model if isinstance(encoder, TimmEncoder) else encoder
     target.load_state_dict(weights)
     return ViewEncoder(encoder).to(device).eval(), card
 

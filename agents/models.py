@@ -9,8 +9,9 @@ Data flow of one transition ``(x, a, x')``::
 
 Choices the paper leaves open (documented where they are made, summarised in docs/gvf.md):
 
-- ViT patch size fitted to the view: the smallest divisor of ``S`` giving a grid of 8 to 14 tokens a side
-  (:func:`fit_patch_size`); encoder ``tokens`` are the patch tokens only (no CLS), ``pooled`` the CLS token.
+- ViT (timm's ``VisionTransformer``, configured here) patch size fitted to the view: the smallest divisor of ``S``
+  giving a grid of 8 to 14 tokens a side (:func:`fit_patch_size`); encoder ``tokens`` are the patch tokens only (no
+  CLS), ``pooled`` the CLS token or the patch mean.
 - Action tokens: each box coordinate in 16 uniform bins over ``[-1, 2]``; each augmentation column its own
   vocabulary (2 bins for flip/grayscale, 9 for the continuous ones so that the identity value sits in the middle
   of a bin rather than on an edge), see :class:`ActionTokenizer`.
@@ -246,55 +247,7 @@ def check_image(x: torch.Tensor, image_size: int) -> None:
         raise ValueError(f"expected images [B, 3, {image_size}, {image_size}], got {list(x.shape)}")
 
 
-class VisionTransformer(nn.Module):
-    """ViT from scratch: conv patch embedding, CLS token, learned position embeddings, pre-norm blocks.
 
-    Forward: ``float [B, 3, S, S]`` (normalised) -> :class:`EncoderOutput` with ``tokens [B, T, D]`` the final-norm
-    patch tokens (``T = (S / patch_size) ** 2``, CLS excluded so that ``T`` is a square grid like the ResNet's) and
-    ``pooled [B, D]``: with ``pool="cls"`` the final-norm CLS token; with ``pool="mean"`` the average of the patch
-    tokens (global average pooling, which a small ViT trained for a few hundred steps learns much faster: on Shapes
-    after 1,000 steps of the labels GVF, box classification from frozen features was 0.39 top-1 with the patch
-    mean against 0.33 with the CLS token).
-
-    Init as in timm: position embeddings, CLS token and every ``Linear`` truncated normal (std 0.02), biases 0; the
-    patch-embedding convolution keeps PyTorch's default.
-    """
-
-    def __init__(self, image_size: int, patch_size: int | None = None, dim: int = 192, depth: int = 12,
-                 heads: int = 3, mlp_ratio: float = 4.0, pool: str = "cls") -> None:
-        super().__init__()
-        if pool not in ("cls", "mean"):
-            raise ValueError(f"pool {pool!r} is invalid: expected 'cls' or 'mean'")
-        self.pool = pool
-        if image_size < 1:
-            raise ValueError(f"image_size must be positive, got {image_size}")
-        if patch_size is None:
-            patch_size = fit_patch_size(image_size)
-        elif patch_size < 1 or image_size % patch_size:
-            raise ValueError(f"patch_size {patch_size} does not divide image_size {image_size}; valid patch sizes "
-                             f"for {image_size} px: {divisors(image_size)[:-1]}, or patch_size=None to fit one")
-        check_heads(dim, heads)
-        self.image_size, self.patch_size, self.dim = image_size, patch_size, dim
-        self.grid_size = image_size // patch_size
-        self.num_tokens = self.grid_size**2
-        self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_tokens, dim))
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(init_weights)
-
-    def forward(self, x: torch.Tensor) -> EncoderOutput:
-        check_image(x, self.image_size)
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, T, D)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed  # (B, 1 + T, D)
-        for block in self.blocks:
-            x = block(x)
-        x = self.norm(x)
-        tokens = x[:, 1:]  # (B, T, D)
-        return EncoderOutput(tokens=tokens, pooled=x[:, 0] if self.pool == "cls" else tokens.mean(dim=1))
 
 
 class ResNetEncoder(nn.Module):
@@ -395,13 +348,14 @@ class TimmEncoder(nn.Module):
         name: A timm model name, e.g. ``vit_tiny_patch16_224`` or ``resnet18``.
         image_size: View side S; passed to timm as ``img_size`` where the model takes one (ViTs).
         patch_size: ViT patch size (``None``: timm's); refused for models without patches.
+        model_kwargs: More arguments of the timm model (e.g. ``embed_dim``, ``depth``), kept in ``timm_kwargs``.
 
     Raises:
         ValueError: An unknown timm name, a patch size for a model without one, or a model whose
             ``forward_features`` returns no tokens (not ``[B, N, D]`` or ``[B, D, H, W]``).
     """
 
-    def __init__(self, name: str, image_size: int, patch_size: int | None = None) -> None:
+    def __init__(self, name: str, image_size: int, patch_size: int | None = None, **model_kwargs: object) -> None:
         super().__init__()
         import timm  # imported only when a timm encoder is asked for
 
@@ -412,7 +366,8 @@ class TimmEncoder(nn.Module):
         kwargs: dict[str, object] = {"pretrained": False, "num_classes": 0}
         #: The size arguments timm took (``img_size``, ``patch_size``): what timm needs to rebuild the model.
         self.timm_kwargs: dict[str, object] = {"img_size": image_size,
-                                               **({"patch_size": patch_size} if patch_size is not None else {})}
+                                               **({"patch_size": patch_size} if patch_size is not None else {}),
+                                               **model_kwargs}
         try:
             self.model = timm.create_model(name, **kwargs, **self.timm_kwargs)
         except TypeError as error:  # models without img_size / patch_size arguments (CNNs)
@@ -444,6 +399,44 @@ class TimmEncoder(nn.Module):
             tokens = features.flatten(2).transpose(1, 2)  # (B, H*W, D)
             return EncoderOutput(tokens, tokens.mean(dim=1))
         return EncoderOutput(features[:, self.prefix:], self.model.forward_head(features, pre_logits=True))
+
+
+class VisionTransformer(TimmEncoder):
+    """The project's ViT presets as a thin configuration of timm's ``VisionTransformer``, from scratch.
+
+    timm builds it (``vit_tiny_patch16_224`` with ``img_size``, ``patch_size``, ``embed_dim``, ``depth``,
+    ``num_heads``, ``mlp_ratio`` set here): conv patch embedding, CLS token, learned position embeddings, pre-norm
+    blocks, a final LayerNorm on every token (``fc_norm=False``), timm's init. What is ours: the patch size fitted
+    to the view (:func:`fit_patch_size`) and the pooling. Forward: ``float [B, 3, S, S]`` (normalised) ->
+    :class:`EncoderOutput` with ``tokens [B, T, D]`` the final-norm patch tokens (``T = (S / patch_size) ** 2``, CLS
+    excluded so that ``T`` is a square grid like the ResNet's) and ``pooled [B, D]``: with ``pool="cls"`` the
+    final-norm CLS token (timm's ``global_pool="token"``); with ``pool="mean"`` the average of the patch tokens
+    (``global_pool="avg"``, which a small ViT trained for a few hundred steps learns much faster: on Shapes after
+    1,000 steps of the labels GVF, box classification from frozen features was 0.39 top-1 with the patch mean
+    against 0.33 with the CLS token, measured with the ViT this project had before it used timm's).
+
+    An export of it loads with timm alone (the card's ``timm_name`` and ``timm_kwargs``).
+    """
+
+    def __init__(self, image_size: int, patch_size: int | None = None, dim: int = 192, depth: int = 12,
+                 heads: int = 3, mlp_ratio: float = 4.0, pool: str = "cls") -> None:
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool {pool!r} is invalid: expected 'cls' or 'mean'")
+        if image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        if patch_size is None:
+            patch_size = fit_patch_size(image_size)
+        elif patch_size < 1 or image_size % patch_size:
+            raise ValueError(f"patch_size {patch_size} does not divide image_size {image_size}; valid patch sizes "
+                             f"for {image_size} px: {divisors(image_size)[:-1]}, or patch_size=None to fit one")
+        check_heads(dim, heads)
+        super().__init__("vit_tiny_patch16_224", image_size, patch_size, embed_dim=dim, depth=depth, num_heads=heads,
+                         mlp_ratio=mlp_ratio, global_pool="token" if pool == "cls" else "avg", fc_norm=False)
+        self.pool, self.patch_size = pool, patch_size
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        check_image(x, self.image_size)
+        return super().forward(x)
 
 
 def build_encoder(name: str, image_size: int, patch_size: int | None = None, **overrides: object) -> nn.Module:

@@ -28,7 +28,8 @@ def views(seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("overrides", [{"encoder": "cnn"}, {"encoder": "timm:resnet18"},
-                                       {"encoder": "timm:vit_tiny_patch16_224", "patch_size": 8}])
+                                       {"encoder": "timm:vit_tiny_patch16_224", "patch_size": 8},
+                                       {"encoder": "vit_tiny", "encoder_depth": 1, "encoder_dim": 64}])
 def test_export_reloads_to_the_checkpoints_features(tiny_shapes, tmp_path, overrides, capsys):
     checkpoint = pretrained(tiny_shapes, tmp_path, **overrides)
     out = tmp_path / "export"
@@ -43,7 +44,9 @@ def test_export_reloads_to_the_checkpoints_features(tiny_shapes, tmp_path, overr
         expected, got = reference(views()), encoder(views())
     torch.testing.assert_close(got.pooled, expected.pooled)
     torch.testing.assert_close(got.tokens, expected.tokens)
-    if overrides["encoder"].startswith("timm:"):  # timm alone reads it
+    # timm alone reads it: timm: encoders and the vit_* presets (timm ViTs); the cnn has no timm counterpart.
+    assert ("timm_name" in card) == (overrides["encoder"] != "cnn")
+    if "timm_name" in card:
         import timm
 
         model = timm.create_model(card["timm_name"], pretrained=True, num_classes=0,

@@ -256,8 +256,10 @@ def test_no_weight_decay_on_temperatures_norms_biases_and_tokens():
     decayed = {names[id(p)] for p in decay["params"]}
     assert "source.temperature.log_t" in skipped and "source.value_temperature.log_t" in skipped
     assert any(n.endswith("norm1.weight") for n in skipped) and any(n.endswith("qkv.bias") for n in skipped)
-    assert {"encoder.pos_embed", "encoder.cls_token", "value_head.action_pos", "value_head.readout"} <= skipped
-    assert any(n.endswith("qkv.weight") for n in decayed) and "encoder.patch_embed.weight" in decayed
+    # The ViT is timm's (under encoder.model); its position embedding and CLS token are not decayed either.
+    assert {"encoder.model.pos_embed", "encoder.model.cls_token", "value_head.action_pos",
+            "value_head.readout"} <= skipped
+    assert any(n.endswith("qkv.weight") for n in decayed) and "encoder.model.patch_embed.proj.weight" in decayed
     assert not skipped & decayed and len(skipped) + len(decayed) == len(names)
 
 
