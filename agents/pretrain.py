@@ -379,6 +379,41 @@ class CurveLog:
             self.writer.close()
 
 
+def read_curves(log_dir: str | Path, tags: Sequence[str] | None = None, points: int | None = None
+                ) -> dict[str, list[tuple[int, float]]]:
+    """The scalar curves a run logged to TensorBoard (:class:`CurveLog`), read back with TensorBoard's own reader.
+
+    Args:
+        log_dir: The run's log directory (``<out>/tensorboard`` by default).
+        tags: Tags to read (e.g. ``["loss/base", "bootstrap/target_entropy"]``); all scalar tags by default. A tag
+            the run did not log is left out of the result.
+        points: Keep at most this many evenly spaced points per curve (the first and last included).
+
+    Returns:
+        ``{tag: [(step, value), ...]}`` in step order.
+
+    Raises:
+        FileNotFoundError: ``log_dir`` holds no event file.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log_dir = Path(log_dir)
+    if not log_dir.is_dir() or not any(p.name.startswith("events.out.tfevents") for p in log_dir.iterdir()):
+        raise FileNotFoundError(f"{log_dir} holds no TensorBoard event file (was the run started with "
+                                "--no-tensorboard, or with --log-dir elsewhere?)")
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    available = events.Tags()["scalars"]
+    curves = {}
+    for tag in (available if tags is None else [t for t in tags if t in available]):
+        curve = [(int(e.step), float(e.value)) for e in events.Scalars(tag)]
+        if points is not None and len(curve) > points:
+            keep = sorted({round(i * (len(curve) - 1) / (points - 1)) for i in range(points)})
+            curve = [curve[i] for i in keep]
+        curves[tag] = curve
+    return curves
+
+
 def curve_log_dir(config: PretrainConfig) -> Path | None:
     """Where the run's TensorBoard curves go: ``log_dir``, else ``<out>/tensorboard``; ``None`` when off."""
     if not config.tensorboard:

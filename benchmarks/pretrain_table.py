@@ -66,10 +66,15 @@ from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, 
 from agents.cli import check, flag_name, option
 from agents.config import PretrainConfig
 from agents.network import random_init_encoder
-from agents.pretrain import probe_set, train
+from agents.pretrain import curve_log_dir, probe_set, read_curves, train
 from agents.probe import ColourGridEncoder, ProbeData, run_probes
 
 FIGURE = ROOT / "docs" / "figures" / "pretrain_table.png"
+#: Training curves of the rows that logged them (read from each run's TensorBoard log, stored in the JSON).
+CURVES_FIGURE = ROOT / "docs" / "figures" / "pretrain_curves.png"
+#: TensorBoard tags kept per run (at most CURVE_POINTS points each): the diagnostics of the bootstrapped target.
+CURVE_TAGS = ("loss/base", "loss/bootstrap", "bootstrap/target_entropy", "bootstrap/uniform", "target/drift")
+CURVE_POINTS = 60
 START, END = "<!-- pretrain_table:start -->", "<!-- pretrain_table:end -->"
 HEADING = "Pretraining comparison on Shapes"
 
@@ -198,7 +203,9 @@ def pretrain_and_probe(config: PretrainConfig, data: ProbeData) -> dict[str, Any
     diagnostics = {key: sum(m[key] for m in tail) / len(tail) for key in DIAGNOSTICS[:3] if tail and key in tail[0]}
     diagnostics.update(target_drift=summary["target_drift"], collect_fraction=summary["collect_fraction"],
                        ema_base_momentum=summary["ema_base_momentum"])
-    return {"probes": probes, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
+    log_dir = curve_log_dir(config)  # the run's own TensorBoard log, read back: what the curves figure plots
+    curves = read_curves(log_dir, CURVE_TAGS, CURVE_POINTS) if log_dir is not None and log_dir.is_dir() else {}
+    return {"probes": probes, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu, "curves": curves,
             "probe_seconds": time.perf_counter() - began, "diagnostics": diagnostics,
             "steps": summary["step"], "first_loss": summary["first_loss"], "last_loss": summary["last_loss"],
             "resumed_checkpoint": config.resume}
@@ -427,6 +434,53 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
+def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> bool:
+    """The training curves of every row whose runs logged them (the ``curves`` the JSON keeps from each run's
+    TensorBoard log): the bootstrapped target's cross-entropy against the uniform one (dashed), the base loss and
+    the target network's drift, mean over seeds. Returns whether there was anything to plot."""
+    rows = {name: [r["curves"] for r in per_seed.values() if r.get("curves")] for name, per_seed in runs.items()}
+    rows = {name: curves for name, curves in rows.items() if curves and name in ROWS}
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def mean_curve(curves: list[dict[str, Any]], tag: str) -> tuple[np.ndarray, np.ndarray] | None:
+        found = [c[tag] for c in curves if c.get(tag)]
+        if not found:
+            return None
+        length = min(len(f) for f in found)
+        steps = np.array([point[0] for point in found[0][:length]])
+        return steps, np.mean([[point[1] for point in f[:length]] for f in found], axis=0)
+
+    panels = (("bootstrap/target_entropy", "TD target entropy (nats; dashed: uniform)"),
+              ("loss/base", "base loss"), ("target/drift", "target network drift"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, curves) in enumerate(rows.items()):
+        colour = colours[index % len(colours)]
+        label = f"{ROWS[name].label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+        for ax, (tag, _) in zip(axes[0], panels, strict=True):
+            line = mean_curve(curves, tag)
+            if line is not None:
+                ax.plot(*line, color=colour, label=label)
+            uniform = mean_curve(curves, "bootstrap/uniform") if tag == "bootstrap/target_entropy" else None
+            if uniform is not None:
+                ax.plot(*uniform, color=colour, linestyle="--", linewidth=0.8)
+    for ax, (_, title) in zip(axes[0], panels, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+    axes[0, 1].legend(fontsize=7)  # every row has a base loss; base-method rows have no TD target
+    figure.suptitle("Training curves, read from each run's TensorBoard log (mean over seeds)", fontsize=11)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
 def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: Path) -> None:
     figure_ref = relative(figure, DOCS.parent)
     base = meta["settings"]["config"]
@@ -453,6 +507,9 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
         "",
         f"![pretraining comparison]({figure_ref})",
         "",
+        *([f"![training curves]({relative(meta['curves_figure'], DOCS.parent)}) Training curves of the rows "
+           f"whose runs logged TensorBoard curves ({', '.join(meta['curve_rows'])}; runs of older code did not).", ""]
+          if meta.get("curves_figure") else []),
         "What it shows (generated from the numbers above; \"beyond the seed spread\" means the difference of the "
         "means exceeds the standard deviation of a difference of two runs, a rough yardstick rather than a test):",
         "",
@@ -638,13 +695,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in lines:
         print(line)
     plot(table, args.plot)
+    curves_path = CURVES_FIGURE if args.plot == FIGURE else args.plot.with_name("pretrain_curves.png")
+    curves_drawn = plot_curves(runs, curves_path)
     run_seconds = sum((r.get("train_seconds") or 0) + (r.get("probe_seconds") or 0)
                       for per_row in runs.values() for r in per_row.values())
     print(f"\nwall time {wall:.0f} s on {machine()}, commit {commit()}; results {args.json}, figure {args.plot}")
     if args.write_docs:
         meta = {"invocations": document["invocations"], "settings": wanted, "json": relative(args.json),
                 "runs_total": sum(len(v) for v in runs.values()), "run_seconds": run_seconds,
-                "missing": [ROWS[n].label for n in ROWS if n not in table]}
+                "missing": [ROWS[n].label for n in ROWS if n not in table],
+                "curves_figure": curves_path if curves_drawn else None,
+                "curve_rows": [ROWS[n].label for n in ROWS if any(r.get("curves") for r in runs.get(n, {}).values())]}
         write_docs(table_text, lines, meta, args.plot)
         print(f"wrote {DOCS}")
     return 0

@@ -254,7 +254,7 @@ def test_without_a_target_network_the_target_is_the_online_network(tiny_shapes, 
 def test_training_curves_go_to_tensorboard(tiny_shapes, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from agents.pretrain import CurveLog
+    from agents.pretrain import CurveLog, read_curves
 
     summary = train(tiny(tiny_shapes, tmp_path, annotations="views", total_steps=6))
     log_dir = tmp_path / "run" / "tensorboard"
@@ -270,6 +270,13 @@ def test_training_curves_go_to_tensorboard(tiny_shapes, tmp_path):
     for tag, key in (("bootstrap/uniform", "uniform"), ("schedule/lr", "lr"), ("loss/bootstrap", "bootstrap")):
         assert [e.value for e in events.Scalars(tag)] == pytest.approx([m[key] for m in summary["metrics"]],
                                                                         rel=1e-5)
+    # read_curves: the same events through TensorBoard's reader, thinned on request.
+    curves = read_curves(log_dir, ["loss/total", "target/drift", "no/such/tag"])
+    assert set(curves) == {"loss/total", "target/drift"}
+    assert curves["loss/total"] == [(e.step, e.value) for e in losses]
+    assert [step for step, _ in read_curves(log_dir, ["loss/total"], points=3)["loss/total"]] == [0, 2, 5]
+    with pytest.raises(FileNotFoundError, match="holds no TensorBoard event file"):
+        read_curves(tmp_path)
     probes = CurveLog(tmp_path / "probes")
     probes.probes(6, {"pretrained": {"box_top1": 0.5}, "random init": {"box_top1": 0.25}})
     probes.close()

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import pretrain_table  # noqa: E402
@@ -29,6 +31,12 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     run = first["runs"]["ab-simclr"]["0"]
     assert run["steps"] == 2 and set(run["probes"]) == set(pretrain_table.PROBES)
     assert set(pretrain_table.DIAGNOSTICS) <= set(run["diagnostics"])
+    # The run's TensorBoard curves, read back into the JSON, and drawn beside the table.
+    assert set(run["curves"]) == set(pretrain_table.CURVE_TAGS)
+    assert [step for step, _ in run["curves"]["loss/base"]] == [0, 1]
+    assert run["curves"]["bootstrap/uniform"][0][1] == pytest.approx(run["diagnostics"]["uniform"], rel=1e-5)
+    assert (tmp_path / "pretrain_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "curves" not in first["runs"]["random-init"]["0"]  # an untrained row has none
     assert first["settings"]["config"]["total_steps"] == 2
     assert "Above the colour-grid floor on every probe" in out
 
