@@ -341,8 +341,9 @@ class TimmEncoder(nn.Module):
 
     Built from scratch (``pretrained=False``: nothing is downloaded), without a classifier. Transformers (features
     ``[B, N, D]``) give their patch tokens (the ``num_prefix_tokens`` class/register tokens dropped) and the pooled
-    feature of their own head (``forward_head(..., pre_logits=True)``); CNNs (feature maps ``[B, D, H, W]``) give
-    the ``H x W`` positions as tokens and their global average as the pooled feature.
+    feature of their own head (``forward_head(..., pre_logits=True)``); CNNs (feature maps ``[B, D, H, W]``, or
+    ``[B, H, W, D]`` for the models whose ``output_fmt`` is ``NHWC``, such as Swin) give the ``H x W`` positions as
+    tokens and their global average as the pooled feature.
 
     Args:
         name: A timm model name, e.g. ``vit_tiny_patch16_224`` or ``resnet18``.
@@ -384,8 +385,10 @@ class TimmEncoder(nn.Module):
             self.prefix = int(getattr(self.model, "num_prefix_tokens", 0))
             self.num_tokens, self.dim = features.shape[1] - self.prefix, features.shape[2]
         elif features.ndim == 4:
-            self.prefix = -1  # a feature map
-            self.dim, self.num_tokens = features.shape[1], features.shape[2] * features.shape[3]
+            self.prefix = -1  # a feature map: NCHW, or NHWC for the models that say so (Swin, Sequencer)
+            self.channels_last = str(getattr(self.model, "output_fmt", "NCHW")) == "NHWC"
+            channels = features.shape[3] if self.channels_last else features.shape[1]
+            self.dim, self.num_tokens = channels, features.shape[1] * features.shape[2] * features.shape[3] // channels
         else:
             raise ValueError(f"encoder 'timm:{name}': forward_features returns shape {list(features.shape)}, not "
                              "tokens [B, N, D] or a feature map [B, D, H, W]; choose a model with spatial features")
@@ -396,7 +399,7 @@ class TimmEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         features = self.model.forward_features(x)
         if self.prefix < 0:
-            tokens = features.flatten(2).transpose(1, 2)  # (B, H*W, D)
+            tokens = features.flatten(1, 2) if self.channels_last else features.flatten(2).transpose(1, 2)  # (B, HW, D)
             return EncoderOutput(tokens, tokens.mean(dim=1))
         return EncoderOutput(features[:, self.prefix:], self.model.forward_head(features, pre_logits=True))
 

@@ -332,6 +332,21 @@ def test_timm_encoders_give_tokens_and_a_pooled_feature(name, patch_size, tokens
     torch.testing.assert_close(encoder.eval()(torch.ones(1, 3, 32, 32)).pooled, expected)
 
 
+def test_channels_last_timm_models_give_their_positions_as_tokens():
+    """Swin's forward_features is NHWC [B, 7, 7, 768] (its output_fmt says so): tokens are the 49 positions of 768
+    channels, row-major, and the pooled feature is timm's own head's."""
+    encoder = build_encoder("timm:swin_tiny_patch4_window7_224", 224).eval()
+    assert (encoder.dim, encoder.num_tokens, encoder.grid_size) == (768, 49, 7)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = encoder(x)
+        features = encoder.model.forward_features(x)  # (1, 7, 7, 768)
+        expected = encoder.model.forward_head(features, pre_logits=True)
+    assert out.tokens.shape == (1, 49, 768)
+    torch.testing.assert_close(out.tokens[0, 7 * 2 + 3], features[0, 2, 3])
+    torch.testing.assert_close(out.pooled, expected)
+
+
 def test_bad_timm_encoders_are_refused(monkeypatch):
     import timm
 
