@@ -17,7 +17,7 @@ from agents import cli
 from agents.cli import check, flag_name, option
 from agents.gvf import BACKUPS
 from agents.models import ENCODERS, TIMM_PREFIX
-from agents.sources import SOURCES
+from agents.sources import DINO_TEACHERS, SOURCES
 from view_env import AUGMENTATIONS, EnvParams
 
 ENV_NAMES = ("shapes", "coco", "images", "video", "webdataset")
@@ -80,6 +80,12 @@ class PretrainConfig:
                                   "ablation: the TD target and DINO's teacher come from the online network's "
                                   "current parameters, without a gradient (momentum 0).")
     num_prototypes: int = option(256, "Prototypes of the ``prototypes`` source.")
+    dino_teacher: str = option("centering", "Teacher of the ``prototypes`` source: ``centering`` (DINO: centred, "
+                               "sharpened softmax) or ``sinkhorn`` (DINOv2 / SwAV: Sinkhorn-Knopp balanced over the "
+                               "batch).")
+    teacher_temperature: float = option(0.04, "Sharpening temperature of the ``prototypes`` teacher.")
+    koleo_weight: float = option(0.0, "Weight of the KoLeo spreading term on the student's view features "
+                                 "(``prototypes``; DINOv2 uses 0.1).")
     total_steps: int = option(1500, "Optimiser steps.")
     batch_size: int = option(256, "Transitions per step (per process).")
     lr: float = option(2e-3, "Peak AdamW learning rate (cosine schedule after a linear warm-up).")
@@ -153,6 +159,9 @@ class PretrainConfig:
         need(self.pool in ("mean", "cls"), "pool", "'mean' or 'cls'")
         need(0.0 <= self.gamma < 1.0, "gamma", "a discount in [0, 1)")
         need(self.backup in BACKUPS, "backup", f"one of {BACKUPS}")
+        need(self.dino_teacher in DINO_TEACHERS, "dino_teacher", f"one of {DINO_TEACHERS}")
+        need(self.teacher_temperature > 0, "teacher_temperature", "a temperature > 0")
+        need(self.koleo_weight >= 0, "koleo_weight", "a weight >= 0")
         need(self.bootstrap_weight >= 0, "bootstrap_weight", ">= 0")
         for name in ("obs_size", "embed_dim", "num_next_actions", "action_bins", "total_steps", "batch_size",
                      "buffer_size", "num_envs", "max_episode_steps", "checkpoint_every", "num_prototypes",

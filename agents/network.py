@@ -51,7 +51,8 @@ def build_network(config: PretrainConfig, num_categories: int, tokenizer: Captio
     if config.annotations == "views":
         source: nn.Module = ViewSource(encoder.dim, d)
     elif config.annotations == "prototypes":
-        source = PrototypeSource(encoder.dim, d, num_prototypes=config.num_prototypes)
+        source = PrototypeSource(encoder.dim, d, num_prototypes=config.num_prototypes, teacher=config.dino_teacher,
+                                 teacher_temperature=config.teacher_temperature, koleo_weight=config.koleo_weight)
     elif config.annotations == "captions":
         if tokenizer is None:
             raise ValueError("annotations='captions' needs a caption tokenizer built from the dataset's captions")

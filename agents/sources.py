@@ -153,15 +153,58 @@ class ViewSource(AnnotationSource):
         return symmetric_info_nce(self.logits(online.phi, self.psi(online)), online.same_image)  # views vs anchors
 
 
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """``float32 [B, K]`` teacher assignments with equal mass on every prototype (SwAV; DINOv2's teacher).
+
+    ``exp(logits / temperature)`` is normalised alternately over the batch (each prototype gets ``1 / K`` of the
+    mass) and over the prototypes (each row sums to 1), ``iterations`` times, ending on rows: a batch whose rows
+    are all alike cannot put every row on one prototype, nor spread every row uniformly, as a centred softmax can.
+    Computed in float32 with the logits shifted by their maximum (the result does not depend on the shift).
+    """
+    with torch.no_grad():
+        q = torch.exp((logits.float() - logits.float().max()) / temperature).T  # (K, B)
+        q = q / q.sum()
+        prototypes, rows = q.shape
+        for _ in range(iterations):
+            q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-30) / prototypes
+            q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-30) / rows
+        return (q * rows).T
+
+
+def koleo(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The KoLeo spreading term (Sablayrolles et al. 2019; DINOv2): ``-mean_i log min_{j != i} ||x_i - x_j||`` over
+    L2-normalised ``features [B, d]``; lower when the batch's features are spread out."""
+    x = F.normalize(features.float(), dim=-1)
+    distances = torch.cdist(x, x)  # (B, B)
+    distances = distances + torch.eye(len(x), device=x.device, dtype=x.dtype) * 1e3  # not one's own neighbour
+    return -torch.log(distances.min(dim=1).values + eps).mean()
+
+
+#: Teachers of the ``prototypes`` source: DINO's centred, sharpened softmax, or Sinkhorn-Knopp (DINOv2, SwAV).
+DINO_TEACHERS = ("centering", "sinkhorn")
+
+
 class PrototypeSource(AnnotationSource):
-    """Learned prototypes as annotations (AB-DINO): a student/teacher pair with centring and sharpening."""
+    """Learned prototypes as annotations (AB-DINO): a student/teacher pair.
+
+    The teacher is the target network's features of the anchor views scored against the target network's
+    prototypes, sharpened at ``teacher_temperature`` and either centred (DINO: an EMA of the teacher's mean logits
+    is subtracted) or balanced over the batch by :func:`sinkhorn_knopp` (DINOv2). ``koleo_weight`` adds
+    :func:`koleo` on the student's view features (DINOv2 uses 0.1).
+    """
 
     name = "prototypes"
     teacher_reads_anchor = True
 
     def __init__(self, encoder_dim: int, dim: int, num_prototypes: int = 256, student_temperature: float = 0.1,
-                 teacher_temperature: float = 0.04, center_momentum: float = 0.9) -> None:
+                 teacher_temperature: float = 0.04, center_momentum: float = 0.9, teacher: str = "centering",
+                 koleo_weight: float = 0.0) -> None:
         super().__init__()
+        if teacher not in DINO_TEACHERS:
+            raise ValueError(f"teacher={teacher!r} is invalid: expected one of {DINO_TEACHERS}")
+        if koleo_weight < 0:
+            raise ValueError(f"koleo_weight={koleo_weight!r} is invalid: expected a weight >= 0")
+        self.teacher_kind, self.koleo_weight = teacher, koleo_weight
         self.prototypes = nn.utils.parametrizations.weight_norm(nn.Linear(dim, num_prototypes, bias=False))
         self.prototypes_ab = nn.utils.parametrizations.weight_norm(nn.Linear(dim, num_prototypes, bias=False))
         self.student_temperature = student_temperature
@@ -188,13 +231,22 @@ class PrototypeSource(AnnotationSource):
 
     def base_loss(self, online: Encoded, target: Encoded, teacher: AnnotationSource) -> torch.Tensor:
         # The teacher is the target network: its features of the anchor views scored against its prototypes.
-        teacher_logits = target.anchor_phi @ teacher.psi(target).T  # (B, K)
-        teacher = torch.softmax((teacher_logits.detach() - self.center) / self.teacher_temperature, dim=-1)
-        with torch.no_grad():
-            self.center.mul_(self.center_momentum).add_(teacher_logits.mean(dim=0), alpha=1 - self.center_momentum)
-        return soft_cross_entropy(self.logits(online.phi, self.psi(online)), teacher)
+        teacher_logits = (target.anchor_phi @ teacher.psi(target).T).detach()  # (B, K)
+        if self.teacher_kind == "sinkhorn":
+            assignments = sinkhorn_knopp(teacher_logits, self.teacher_temperature)
+        else:
+            assignments = torch.softmax((teacher_logits - self.center) / self.teacher_temperature, dim=-1)
+            with torch.no_grad():
+                self.center.mul_(self.center_momentum).add_(teacher_logits.mean(dim=0),
+                                                            alpha=1 - self.center_momentum)
+        loss = soft_cross_entropy(self.logits(online.phi, self.psi(online)), assignments)
+        if self.koleo_weight > 0:
+            loss = loss + self.koleo_weight * koleo(online.phi)
+        return loss
 
     def target_distribution(self, next_target: Encoded, psi: torch.Tensor) -> torch.Tensor:
+        if self.teacher_kind == "sinkhorn":
+            return sinkhorn_knopp(next_target.phi @ psi.T, self.teacher_temperature)
         return self.teacher(next_target.phi, psi)
 
 

@@ -319,3 +319,63 @@ def test_dino_loss_against_a_plain_reference():
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-5)
     mean = (t_feat @ teacher_w.T).mean(0)
     torch.testing.assert_close(online.source.center, 0.9 * center + 0.1 * mean, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- DINO's teachers
+
+
+def test_sinkhorn_knopp_against_a_python_loop_and_it_balances_a_collapsed_batch():
+    import math
+
+    from agents.sources import sinkhorn_knopp
+
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    temperature, iterations = 0.1, 3
+    # SwAV's algorithm written out with Python floats: Q = exp(logits / t)^T, then alternate row/column scaling.
+    q = [[math.exp(logits[b, k].item() / temperature) for b in range(6)] for k in range(4)]  # (K, B)
+    total = sum(map(sum, q))
+    q = [[v / total for v in row] for row in q]
+    for _ in range(iterations):
+        q = [[v / sum(row) / 4 for v in row] for row in q]
+        columns = [sum(q[k][b] for k in range(4)) for b in range(6)]
+        q = [[q[k][b] / columns[b] / 6 for b in range(6)] for k in range(4)]
+    expected = torch.tensor([[q[k][b] * 6 for k in range(4)] for b in range(6)])
+    got = sinkhorn_knopp(logits, temperature, iterations)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.sum(dim=1), torch.ones(6))  # each row a distribution
+    # Every row prefers prototype 0 (a collapsing teacher): the assignments still spread over every prototype,
+    # where a softmax would put the whole batch on prototype 0.
+    collapsed = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(8, 1) + 0.01 * torch.randn(8, 4)
+    balanced = sinkhorn_knopp(collapsed, 0.05, iterations=50)
+    torch.testing.assert_close(balanced.sum(dim=0), torch.full((4,), 2.0), rtol=1e-3, atol=1e-3)
+    assert torch.softmax(collapsed / 0.05, dim=-1).argmax(dim=-1).tolist() == [0] * 8
+
+
+def test_koleo_against_a_python_loop():
+    from agents.sources import koleo
+
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    unit = [(row / row.norm()).tolist() for row in x]
+    nearest = [min(sum((a - b) ** 2 for a, b in zip(unit[i], unit[j], strict=True)) ** 0.5 for j in range(5) if j != i)
+               for i in range(5)]
+    expected = -sum(torch.log(torch.tensor(d) + 1e-8) for d in nearest) / 5
+    torch.testing.assert_close(koleo(x), expected)
+    spread, bunched = torch.eye(4), torch.eye(4) * 0.1 + 1.0
+    assert koleo(spread) < koleo(bunched)  # lower when the features are spread out
+
+
+def test_the_prototype_teachers_and_their_bad_values():
+    from agents.sources import PrototypeSource
+
+    config = PretrainConfig(annotations="prototypes", dino_teacher="sinkhorn", koleo_weight=0.1,
+                            teacher_temperature=0.07)
+    source = build_network(config, 3).source
+    assert (source.teacher_kind, source.koleo_weight, source.teacher_temperature) == ("sinkhorn", 0.1, 0.07)
+    with pytest.raises(ValueError, match="--dino-teacher 'softmax' is invalid"):
+        PretrainConfig(dino_teacher="softmax")
+    with pytest.raises(ValueError, match="--koleo-weight -1.0 is invalid"):
+        PretrainConfig(koleo_weight=-1.0)
+    with pytest.raises(ValueError, match="--teacher-temperature 0.0 is invalid"):
+        PretrainConfig(teacher_temperature=0.0)
+    with pytest.raises(ValueError, match="teacher='x' is invalid"):
+        PrototypeSource(8, 8, teacher="x")
