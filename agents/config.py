@@ -80,6 +80,9 @@ class PretrainConfig:
                                   "ablation: the TD target and DINO's teacher come from the online network's "
                                   "current parameters, without a gradient (momentum 0).")
     num_prototypes: int = option(256, "Prototypes of the ``prototypes`` source.")
+    text_dim: int = option(128, "Width of the ``captions`` source's text tower (trained from scratch). 128 wide and 2 "
+                           "deep costs about what the CPU recipe's CNN does per step; 256 x 4 cost 7 times that.")
+    text_depth: int = option(2, "Blocks of the ``captions`` source's text tower.")
     dino_teacher: str = option("centering", "Teacher of the ``prototypes`` source: ``centering`` (DINO: centred, "
                                "sharpened softmax) or ``sinkhorn`` (DINOv2 / SwAV: Sinkhorn-Knopp balanced over the "
                                "batch).")
@@ -159,13 +162,14 @@ class PretrainConfig:
         need(self.pool in ("mean", "cls"), "pool", "'mean' or 'cls'")
         need(0.0 <= self.gamma < 1.0, "gamma", "a discount in [0, 1)")
         need(self.backup in BACKUPS, "backup", f"one of {BACKUPS}")
+        need(self.text_dim % 4 == 0, "text_dim", "a multiple of 4 (the text tower's 4 attention heads)")
         need(self.dino_teacher in DINO_TEACHERS, "dino_teacher", f"one of {DINO_TEACHERS}")
         need(self.teacher_temperature > 0, "teacher_temperature", "a temperature > 0")
         need(self.koleo_weight >= 0, "koleo_weight", "a weight >= 0")
         need(self.bootstrap_weight >= 0, "bootstrap_weight", ">= 0")
         for name in ("obs_size", "embed_dim", "num_next_actions", "action_bins", "total_steps", "batch_size",
                      "buffer_size", "num_envs", "max_episode_steps", "checkpoint_every", "num_prototypes",
-                     "value_depth", "value_dim", "probe_train_images", "max_images"):
+                     "value_depth", "value_dim", "probe_train_images", "max_images", "text_dim", "text_depth"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
         check_env_value("obs_size", self.obs_size)
         need(self.batch_size >= 2, "batch_size", "at least 2 (the annotations are the batch)")

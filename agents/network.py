@@ -19,7 +19,7 @@ from agents.sources import CaptionSource, LabelSource, PrototypeSource, ViewSour
 
 #: Fields that define the network: a checkpoint resumes only under the same values.
 MODEL_FIELDS = ("annotations", "encoder", "encoder_depth", "encoder_dim", "patch_size", "pool", "obs_size", "embed_dim",
-                "action_tokens", "action_bins", "value_depth", "value_dim", "num_prototypes")
+                "action_tokens", "action_bins", "value_depth", "value_dim", "num_prototypes", "text_dim", "text_depth")
 
 
 def encoder_overrides(config: PretrainConfig) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def build_network(config: PretrainConfig, num_categories: int, tokenizer: Captio
     elif config.annotations == "captions":
         if tokenizer is None:
             raise ValueError("annotations='captions' needs a caption tokenizer built from the dataset's captions")
-        source = CaptionSource(tokenizer, d)
+        source = CaptionSource(tokenizer, d, text_dim=config.text_dim, text_depth=config.text_depth)
     else:
         source = LabelSource(num_categories, d)
     return GVFNetwork(encoder, source, d, action_bins=config.action_bins, value_depth=config.value_depth,

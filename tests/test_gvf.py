@@ -134,9 +134,12 @@ def test_caption_source_runs_the_text_tower_once_per_network_and_step(monkeypatc
     config = PretrainConfig(annotations="captions", encoder="vit_tiny", encoder_depth=1, encoder_dim=64, obs_size=32,
                             embed_dim=32, value_depth=1)
     torch.manual_seed(0)
-    online = build_network(config, num_categories=30, tokenizer=tokenizer)
+    # In float64, so that the one shared pass and the separate passes agree to rounding far below the tolerance
+    # (in float32 their sums of gradients differ by ~1e-6 from the order of additions alone).
+    online = build_network(config, num_categories=30, tokenizer=tokenizer).double()
     target = copy.deepcopy(online)
     batch = {**_batch(3), "captions": tokenizer.encode(captions, max_len=16)}
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
 
     def loss_and_grads():
         online.zero_grad()
@@ -159,7 +162,7 @@ def test_caption_source_runs_the_text_tower_once_per_network_and_step(monkeypatc
     torch.testing.assert_close(cached_loss, fresh_loss)
     assert len(cached_grads) == len(fresh_grads)
     for a, b in zip(cached_grads, fresh_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     for hook in hooks:
         hook.remove()
 
@@ -379,3 +382,15 @@ def test_the_prototype_teachers_and_their_bad_values():
         PretrainConfig(teacher_temperature=0.0)
     with pytest.raises(ValueError, match="teacher='x' is invalid"):
         PrototypeSource(8, 8, teacher="x")
+
+
+def test_the_text_tower_has_the_configured_size():
+    from agents.models import CaptionTokenizer
+
+    tokenizer = CaptionTokenizer.build(["a red circle", "two blue squares"])
+    source = build_network(PretrainConfig(annotations="captions", text_dim=64, text_depth=3), 3, tokenizer).source
+    assert source.text.dim == 64 and len(source.text.blocks) == 3
+    default = build_network(PretrainConfig(annotations="captions"), 3, tokenizer).source
+    assert default.text.dim == 128 and len(default.text.blocks) == 2
+    with pytest.raises(ValueError, match="--text-dim 130 is invalid: expected a multiple of 4"):
+        PretrainConfig(text_dim=130)
