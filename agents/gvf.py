@@ -246,7 +246,8 @@ def gvf_loss(online: GVFNetwork, target: GVFNetwork, batch: dict[str, torch.Tens
         generator: Draws the next actions.
 
     Returns:
-        The loss and a dict of floats for logging: ``base``, ``loss``, and with bootstrapping ``bootstrap`` (the
+        The loss and a dict of floats for logging: ``base``, ``loss``, the source's ``diagnostics`` (the
+        prototypes source's ``teacher_entropy`` and ``teacher_cosine``), and with bootstrapping ``bootstrap`` (the
         cross-entropy), ``target_entropy`` (of ``y``) and ``uniform`` (``log L``, the entropy of a uniform target:
         a ``target_entropy`` close to it means the bootstrapped targets say little).
     """
@@ -263,7 +264,7 @@ def gvf_loss(online: GVFNetwork, target: GVFNetwork, batch: dict[str, torch.Tens
         target_anchor = target.encode(batch["anchor_view"]) if reads_anchor else None
         target_enc = _encoded(target, out_next, batch, target_anchor, "annotation")
     base = source.base_loss(online_enc, target_enc, target.source)
-    metrics = {"base": float(base.detach())}
+    metrics = {"base": float(base.detach()), **getattr(source, "diagnostics", {})}
     if not bootstrap:
         metrics["loss"] = metrics["base"]
         return base, metrics

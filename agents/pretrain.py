@@ -319,7 +319,8 @@ def _print_run(summary: dict[str, Any], start: int, world: int, batch_size: int)
     history, end, elapsed = summary["metrics"], summary["step"], summary["train_seconds"]
     tail = history[-max(1, len(history) // 10):]
     parts = [f"{key} {sum(m[key] for m in tail) / len(tail):.3f}"
-             for key in ("base", "bootstrap", "target_entropy", "uniform") if key in tail[0]]
+             for key in ("base", "bootstrap", "target_entropy", "uniform", "teacher_entropy", "teacher_cosine")
+             if key in tail[0]]
     rate = (end - start) * batch_size * world / elapsed
     print(f"trained steps {start}-{end} in {elapsed:.0f} s ({rate:,.0f} transitions/s); collecting took "
           f"{summary['collect_fraction']:.1%} of it; last 10%: {', '.join(parts)}; target drift "
@@ -340,12 +341,14 @@ class CurveLog:
     Tags: ``loss/total``, ``loss/base``, ``loss/bootstrap``, ``bootstrap/target_entropy`` and ``bootstrap/uniform``
     (a target entropy near ``log L`` means the bootstrapped targets say little), ``schedule/lr``,
     ``schedule/ema_momentum``, ``target/drift`` (every ``drift_every`` steps), ``speed/views_per_second``,
-    ``speed/collect_fraction``, and at the end ``probe/<encoder>/<probe>``.
+    ``speed/collect_fraction``, for the prototypes source ``dino/teacher_entropy`` and ``dino/teacher_cosine``
+    (collapse: the entropy at ``log K``, the cosine near 1), and at the end ``probe/<encoder>/<probe>``.
     """
 
     METRICS = {"loss": "loss/total", "base": "loss/base", "bootstrap": "loss/bootstrap",
                "target_entropy": "bootstrap/target_entropy", "uniform": "bootstrap/uniform", "lr": "schedule/lr",
-               "momentum": "schedule/ema_momentum"}
+               "momentum": "schedule/ema_momentum", "teacher_entropy": "dino/teacher_entropy",
+               "teacher_cosine": "dino/teacher_cosine"}
 
     def __init__(self, log_dir: str | Path | None) -> None:
         self.writer = None

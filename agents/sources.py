@@ -191,6 +191,10 @@ class PrototypeSource(AnnotationSource):
     prototypes, sharpened at ``teacher_temperature`` and either centred (DINO: an EMA of the teacher's mean logits
     is subtracted) or balanced over the batch by :func:`sinkhorn_knopp` (DINOv2). ``koleo_weight`` adds
     :func:`koleo` on the student's view features (DINOv2 uses 0.1).
+
+    After each :meth:`base_loss`, :attr:`diagnostics` holds the collapse diagnostics the pretrainer logs:
+    ``teacher_entropy`` (nats; ``log K`` is a uniform teacher) and ``teacher_cosine``, the mean cosine between the
+    target network's view features of different samples of the batch (1: every feature the same).
     """
 
     name = "prototypes"
@@ -239,6 +243,14 @@ class PrototypeSource(AnnotationSource):
             with torch.no_grad():
                 self.center.mul_(self.center_momentum).add_(teacher_logits.mean(dim=0),
                                                             alpha=1 - self.center_momentum)
+        with torch.no_grad():  # collapse diagnostics: a uniform teacher, features that all point one way
+            features = target.anchor_phi.float()
+            rows = len(features)
+            cosine = (features @ features.T).sum() - features.pow(2).sum()
+            self.diagnostics = {
+                "teacher_entropy": float(-(assignments * assignments.clamp_min(1e-12).log()).sum(-1).mean()),
+                "teacher_cosine": float(cosine / max(1, rows * (rows - 1))),
+            }
         loss = soft_cross_entropy(self.logits(online.phi, self.psi(online)), assignments)
         if self.koleo_weight > 0:
             loss = loss + self.koleo_weight * koleo(online.phi)

@@ -394,3 +394,31 @@ def test_the_text_tower_has_the_configured_size():
     assert default.text.dim == 128 and len(default.text.blocks) == 2
     with pytest.raises(ValueError, match="--text-dim 130 is invalid: expected a multiple of 4"):
         PretrainConfig(text_dim=130)
+
+
+def test_the_prototype_source_reports_its_collapse_diagnostics():
+    import math
+
+    import torch.nn.functional as F
+
+    from agents.sources import Encoded, PrototypeSource
+
+    torch.manual_seed(0)
+    source = PrototypeSource(8, 16, num_prototypes=32)
+    student = Encoded(phi=F.normalize(torch.randn(6, 16), dim=-1))
+    same = F.normalize(torch.randn(1, 16), dim=-1).repeat(6, 1)  # a collapsed teacher: one feature for all
+    source.base_loss(student, Encoded(phi=None, anchor_phi=same), source)
+    assert source.diagnostics["teacher_cosine"] == pytest.approx(1.0, abs=1e-5)
+    spread = F.normalize(torch.randn(6, 16), dim=-1)
+    source.center.zero_()
+    source.base_loss(student, Encoded(phi=None, anchor_phi=spread), source)
+    pairs = [(spread[i] @ spread[j]).item() for i in range(6) for j in range(6) if i != j]
+    assert source.diagnostics["teacher_cosine"] == pytest.approx(sum(pairs) / len(pairs), abs=1e-5)
+    teacher = torch.softmax(spread @ source.psi(None).T / source.teacher_temperature, dim=-1)
+    entropy = -(teacher * teacher.log()).sum(-1).mean().item()
+    assert source.diagnostics["teacher_entropy"] == pytest.approx(entropy, rel=1e-4)
+    assert 0 < entropy < math.log(32)
+    # The pretrainer logs them with every step's metrics.
+    _, metrics = gvf.gvf_loss(*_networks("prototypes")[1:], _batch(4), gamma=0.5, backup="max", bootstrap_weight=0.0,
+                              num_next_actions=2, next_views=next_view_params(PretrainConfig()))
+    assert {"teacher_entropy", "teacher_cosine"} <= set(metrics)
