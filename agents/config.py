@@ -254,8 +254,10 @@ PRESETS: dict[str, Preset] = {
         "Reaches: AB-DINO not measured yet with this recipe. Its base, DINO (--bootstrap-weight 0), collapses with it "
         "(3 seeds in docs/benchmarks.md, code of commit 26df60e): the loss climbs to log K within about 100 steps "
         "and the target's view features end with a mean cosine of 0.998 across a batch, so its teacher is uniform; "
-        "box top-1 0.182 to 0.188 against 0.195 for random init. Teacher temperature 0.02, EMA 0.996, lr 5e-4 and "
-        "4,096 prototypes collapse too (150-300-step checks); a fix is open work.",
+        "box top-1 0.182 to 0.188 against 0.195 for random init. Teacher temperature 0.02 or 0.07, EMA 0.996, lr 5e-4, "
+        "4,096 prototypes, a Sinkhorn-Knopp teacher and the KoLeo term collapse too (150-300-step checks); without "
+        "the colour augmentations (--augmentations flip --dino-teacher sinkhorn) it does not collapse but learns "
+        "little (box top-1 0.191, 1,200 steps, seed 0). The cause and the checks: docs/benchmarks.md.",
     ),
     "shapes-captions-cpu": Preset(
         {"annotations": "captions", "total_steps": 1200},
