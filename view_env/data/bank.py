@@ -310,16 +310,20 @@ class ImagePool(ImageBank):
                             self._failures.append(item)
                             continue
                         produced += 1
-                        while not self._stop.is_set():
-                            try:
-                                self._ready.put(item, timeout=0.1)
-                                break
-                            except queue.Full:
-                                continue
-                        if self._stop.is_set():
+                        if not self._offer(item):
                             return
                 if produced == 0:
                     return  # a whole pass decoded nothing new: keep the resident images, stop spinning
+
+    def _offer(self, item: _Loaded) -> bool:
+        """Put ``item`` in the ready queue, waiting while it is full; ``False`` once the pool is closing."""
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def refresh(self, max_images: int | None = None, busy: torch.Tensor | None = None) -> int:
         """Swap up to ``max_images`` decoded images (all that are ready by default) into the oldest free slots.

@@ -69,6 +69,27 @@ def expand_braces(pattern: str) -> list[str]:
     return expanded
 
 
+def expand_patterns(root: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Every existing path that ``root`` names (a path, a glob, a brace range, or a sequence of them; ``~``
+    expanded, globs sorted), and a note for each pattern that named nothing (``"<pattern> (glob matched nothing)"``,
+    ``"<path> (does not exist)"``)."""
+    patterns = [root] if isinstance(root, (str, Path)) else list(root)
+    found: list[Path] = []
+    missing: list[str] = []
+    for pattern in patterns:
+        for expanded in expand_braces(os.path.expanduser(str(pattern))):
+            if glob.has_magic(expanded):
+                matches = sorted(glob.glob(expanded))
+                found.extend(Path(m) for m in matches)
+                if not matches:
+                    missing.append(f"{expanded} (glob matched nothing)")
+            elif os.path.exists(expanded):
+                found.append(Path(expanded))
+            else:
+                missing.append(f"{expanded} (does not exist)")
+    return found, missing
+
+
 def _read_captions(data: bytes | str) -> tuple[str, ...]:
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
     return tuple(line.strip() for line in text.splitlines() if line.strip())
@@ -136,20 +157,8 @@ class ImageFolderDataset(ImageDataset):
                 raise DatasetNotFoundError("image folder", FOLDER_LAYOUT, [f"${IMAGE_ROOT_ENV} (unset)",
                                                                           "root= argument (not given)"])
             root = env
-        patterns = [root] if isinstance(root, (str, Path)) else list(root)
-        found: list[Path] = []
-        for pattern in patterns:
-            text = os.path.expanduser(str(pattern))
-            for expanded in expand_braces(text):
-                if glob.has_magic(expanded):
-                    matches = sorted(glob.glob(expanded))
-                    found.extend(Path(m) for m in matches)
-                    if not matches:
-                        looked.append(f"{expanded} (glob matched nothing)")
-                elif os.path.exists(expanded):
-                    found.append(Path(expanded))
-                else:
-                    looked.append(f"{expanded} (does not exist)")
+        found, missing = expand_patterns(root)
+        looked.extend(missing)
         if looked:
             raise DatasetNotFoundError("image folder or shard", FOLDER_LAYOUT, looked)
         return found

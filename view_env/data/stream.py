@@ -27,7 +27,6 @@ members are ignored; streamed images carry no boxes or categories.
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import queue
@@ -46,7 +45,7 @@ from tqdm.auto import tqdm
 from view_env.data.bank import ImagePool, _check_canvas, _pad_annotations
 from view_env.data.base import IMAGE_EXTENSIONS, decode_image
 from view_env.data.errors import DatasetNotFoundError, NoReadableImagesError, SkippedImagesWarning
-from view_env.data.folder import _read_captions, expand_braces
+from view_env.data.folder import _read_captions, expand_patterns
 
 STREAM_LAYOUT = """  a WebDataset .tar shard, a glob (shards/*.tar) or a brace range (shards/{00000..00099}.tar),
   or a list of them; members grouped by key: <key>.jpg (or .png, .webp, ...) and optionally <key>.txt captions"""
@@ -93,22 +92,9 @@ class WebDatasetShards:
     def __init__(self, root: str | Path | Sequence[str | Path], *, rank: int | None = None,
                  world_size: int | None = None, captions: bool = True, shuffle_buffer: int = 1000,
                  num_workers: int | None = None, seed: int = 0) -> None:
-        patterns = [root] if isinstance(root, (str, Path)) else list(root)
-        urls: list[str] = []
-        looked: list[str] = []
-        for pattern in patterns:
-            text = os.path.expanduser(str(pattern))
-            for expanded in expand_braces(text):
-                if glob.has_magic(expanded):
-                    matches = sorted(glob.glob(expanded))
-                    urls.extend(matches)
-                    if not matches:
-                        looked.append(f"{expanded} (glob matched nothing)")
-                elif os.path.isfile(expanded):
-                    urls.append(expanded)
-                else:
-                    why = "a folder, not a shard" if os.path.isdir(expanded) else "does not exist"
-                    looked.append(f"{expanded} ({why})")
+        found, looked = expand_patterns(root)
+        looked += [f"{path} (a folder, not a shard)" for path in found if path.is_dir()]
+        urls = [str(path) for path in found if not path.is_dir()]
         if looked or not urls:
             raise DatasetNotFoundError("WebDataset shards", STREAM_LAYOUT, looked or ["root= (an empty list)"])
         given_rank, given_world = _distributed_share()
@@ -386,14 +372,8 @@ class StreamingImagePool(ImagePool):
     def _produce(self) -> None:
         while not self._stop.is_set():
             item = self._next_item()
-            if item is None:
+            if item is None or not self._offer(item):
                 return
-            while not self._stop.is_set():
-                try:
-                    self._ready.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
 
     def _warn_new_skips(self) -> None:
         self.num_skipped = self._skip_count
