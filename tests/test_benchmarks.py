@@ -197,3 +197,24 @@ def test_gvf_step_compares_a_step_with_its_encoder_passes(tiny_shapes, capsys):
     assert "shapes-labels-cpu: batch 16" in out and "ratio" in out
     ratio = float(out.split("ratio ")[1].split()[0])
     assert ratio > 0
+
+
+def test_dino_collapse_smallest_run_and_its_same_view_check(tiny_shapes, tmp_path, capsys):
+    import json
+
+    import dino_collapse
+
+    from agents import pretrain
+
+    sample = pretrain._sample
+    out = tmp_path / "collapse.json"
+    assert dino_collapse.main(["--variants", "same-view", "--steps", "10", "--root", str(tiny_shapes),
+                               "--out-dir", str(tmp_path / "runs"), "--json", str(out)]) == 0
+    assert pretrain._sample is sample  # the same-view check puts the sampler back
+    result = json.loads(out.read_text())["results"][0]
+    assert result["variant"] == "same-view" and result["log_k"] == pytest.approx(np.log(256))
+    assert -1.0 <= result["cosine"] <= 1.0 and 0 < result["teacher_entropy"] <= result["log_k"] + 1e-6
+    assert 1 <= result["prototypes_used"] <= 256 and "same-view" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        dino_collapse.main(["--variants", "no-such-variant"])
+    assert "--variants ['no-such-variant'] is invalid" in capsys.readouterr().err
