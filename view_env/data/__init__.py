@@ -1,7 +1,8 @@
 """Image sources and the device-resident image bank.
 
 Sources: :class:`CocoDataset` (COCO 2017 layout), :class:`ShapesDataset` (generated scenes in that layout),
-:class:`ImageFolderDataset` (folders and WebDataset ``.tar`` shards) and ``VideoDataset`` (video files and frame
+:class:`ImageFolderDataset` (folders and WebDataset ``.tar`` shards, indexed), :class:`WebDatasetShards` (shards
+streamed in order, read through a :class:`StreamingImagePool`) and ``VideoDataset`` (video files and frame
 folders; ``view_env.data.video``). :class:`ImageBank` and :class:`ImagePool` put decoded images on a device.
 See docs/datasets.md.
 """
@@ -20,6 +21,7 @@ from view_env.data.errors import (
 )
 from view_env.data.folder import ImageFolderDataset
 from view_env.data.sources import DATASETS, ShapesDataset, load_dataset
+from view_env.data.stream import StreamingImagePool, WebDatasetShards
 
 __all__ = [
     "DATASETS",
@@ -34,7 +36,9 @@ __all__ = [
     "NoReadableImagesError",
     "ShapesDataset",
     "SkippedImagesWarning",
+    "StreamingImagePool",
     "UnreadableImageError",
+    "WebDatasetShards",
     "cache_dir",
     "default_canvas_size",
     "load_dataset",
