@@ -515,15 +515,6 @@ def _end_of_run_probes(config: PretrainConfig, summary: dict[str, Any], curves: 
     curves.probes(summary["step"], summary["probes"])
 
 
-def random_init_network(config: PretrainConfig, num_categories: int, tokenizer: CaptionTokenizer | None = None
-                        ) -> gvf.GVFNetwork:
-    """The whole network at the "random init" of the probe rows: :func:`agents.network.build_network` from torch
-    seed ``seed + 1`` (the pretrained network starts from seed ``seed``). Its encoder is
-    :func:`agents.network.random_init_encoder`'s, which builds the encoder alone."""
-    torch.manual_seed(config.seed + 1)
-    return build_network(config, num_categories, tokenizer)
-
-
 def probe_set(config: PretrainConfig, val_images: int | None = None) -> ProbeData:
     """The probes' images for a run: :class:`agents.probe.ProbeProtocol` ``.from_pretrain(config)`` rendered
     (``probe_train_images`` train images drawn with ``seed``, the whole val split or ``val_images`` of it drawn with

@@ -1292,6 +1292,20 @@ def _config_value(config: Any, name: str) -> Any:
 # ----------------------------------------------------------------------------------------------------------------
 # The protocol: one description of what is measured, shared by the pretrainer's end-of-run probes and the CLI.
 
+def _check_protocol_values(owner: Any) -> None:
+    """The protocol fields :class:`ProbeProtocol` and :class:`ProbeConfig` share, each named by its flag (``None``
+    means the default where a field allows it)."""
+    for name in ("view_size", "canvas_size", "train_images", "val_images"):
+        value = getattr(owner, name)
+        check(value is None or (isinstance(value, int) and value >= 1), name, value,
+              "an integer >= 1 (or none for the default)")
+    for name in ("epochs", "attentive_epochs"):
+        value = getattr(owner, name)
+        check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+    check(owner.min_crop_area is None or 0 <= owner.min_crop_area <= 1, "min_crop_area", owner.min_crop_area,
+          "a fraction of the image's area in [0, 1]")
+
+
 #: Train images of the default protocol (the pretrainer's ``--probe-train-images``).
 PROTOCOL_TRAIN_IMAGES = 2000
 
@@ -1332,16 +1346,8 @@ class ProbeProtocol:
     def __post_init__(self) -> None:
         check(self.dataset in LABELLED_DATASETS, "dataset", self.dataset,
               f"a dataset with object labels ({' or '.join(LABELLED_DATASETS)})")
-        for name in ("view_size", "canvas_size", "train_images", "val_images"):
-            value = getattr(self, name)
-            check(value is None or (isinstance(value, int) and value >= 1), name, value,
-                  "an integer >= 1" + ("" if name == "view_size" else " (or none for the default)"))
         check(self.view_size is not None, "view_size", self.view_size, "an integer >= 1")
-        for name in ("epochs", "attentive_epochs"):
-            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, getattr(self, name),
-                  "an integer >= 1")
-        check(0 <= self.min_crop_area <= 1, "min_crop_area", self.min_crop_area,
-              "a fraction of the image's area in [0, 1]")
+        _check_protocol_values(self)
 
     @classmethod
     def from_pretrain(cls, config: Any, **overrides: Any) -> ProbeProtocol:
@@ -1494,13 +1500,9 @@ class ProbeConfig:
               "off with --export (an export holds the encoder only; probe its checkpoint for a random-init row)")
         check(not (self.all_train_images and self.train_images is not None), "all_train_images",
               self.all_train_images, "off when --train-images is given")
-        for name in ("view_size", "patch_size", "canvas_size", "train_images", "val_images"):
-            value = getattr(self, name)
-            check(value is None or value >= 1, name, value, "an integer >= 1 (or none for the default)")
-        for name in ("epochs", "attentive_epochs"):
-            check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        check(self.min_crop_area is None or 0 <= self.min_crop_area <= 1, "min_crop_area", self.min_crop_area,
-              "a fraction of the image's area in [0, 1]")
+        check(self.patch_size is None or self.patch_size >= 1, "patch_size", self.patch_size,
+              "an integer >= 1 (or none for the default)")
+        _check_protocol_values(self)  # before anything is read: bad flags are usage errors
 
 
 def _encoder_to_probe(config: ProbeConfig) -> tuple[dict[str, Encoder], Any, dict[str, Any]]:
