@@ -218,3 +218,27 @@ def test_dino_collapse_smallest_run_and_its_same_view_check(tiny_shapes, tmp_pat
     with pytest.raises(SystemExit):
         dino_collapse.main(["--variants", "no-such-variant"])
     assert "--variants ['no-such-variant'] is invalid" in capsys.readouterr().err
+
+
+def test_clip_collapse_smallest_run(tiny_shapes, tmp_path, capsys):
+    import json
+
+    import clip_collapse
+
+    from agents import pretrain
+
+    step = pretrain._Learner.step
+    out = tmp_path / "collapse.json"
+    assert clip_collapse.main(["--variants", "lr-5e-4-crops-only", "--steps", "10", "--root", str(tiny_shapes),
+                               "--out-dir", str(tmp_path / "runs"), "--json", str(out)]) == 0
+    assert pretrain._Learner.step is step  # the trace puts the learner's step back
+    result = json.loads(out.read_text())["results"][0]
+    assert result["variant"] == "lr-5e-4-crops-only" and result["log_b"] == pytest.approx(np.log(256))
+    assert result["early_step"] == 9 and set(result["early"]) == {"view_cosine", "caption_cosine"}
+    for value in (result["view_cosine"], result["caption_cosine"], *result["early"].values()):
+        assert -1.0 <= value <= 1.0
+    assert 0.0 <= result["image_to_caption_top1"] <= 1.0 and result["pairs"] >= 2
+    assert "lr-5e-4-crops-only" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        clip_collapse.main(["--variants", "no-such-variant"])
+    assert "--variants ['no-such-variant'] is invalid" in capsys.readouterr().err
