@@ -112,6 +112,7 @@ __all__ = [
     "attentive_classification_probe",
     "attentive_presence_probe",
     "average_precision",
+    "chance_scores",
     "classification_probe",
     "colour_grid_features",
     "counting_probe",
@@ -1127,6 +1128,34 @@ def attentive_classification_probe(
 
 # ----------------------------------------------------------------------------------------------------------------
 # All probes together, the table, and the command line.
+
+
+def chance_scores(data: ProbeData) -> dict[str, float]:
+    """What every probe scores without looking at the image: the chance row of a probe table.
+
+    Each task's best image-blind prediction, fitted on ``data.train`` and scored on ``data.val``: for presence, the
+    mean over the categories present in val of their val prevalence (the expected average precision of scores
+    independent of the image); for box classification, the accuracy of always naming the most frequent train crop
+    label; for k-NN, of always naming the most frequent train image class (images without objects left out, as
+    :func:`knn_probe` leaves them); for counting, the train mean count as every prediction (accuracy of its
+    rounding, mean absolute error). The attentive probes share the presence and box values.
+
+    Returns:
+        The keys of :func:`run_probes`.
+    """
+    train, val = data.train, data.val
+    present = val.presence[:, (val.presence > 0).any(0)]
+    presence = float(present.float().mean())
+    box = float((val.crop_labels == torch.bincount(train.crop_labels).argmax()).float().mean())
+    train_class = train.image_class[train.image_class >= 0]
+    val_class = val.image_class[val.image_class >= 0]
+    knn = float((val_class == torch.bincount(train_class).argmax()).float().mean())
+    mean_count = train.counts.double().mean()
+    truth = val.counts.double()
+    return {"presence_map": presence, "box_top1": box, "knn_top1": knn,
+            "count_acc": float((mean_count.round() == truth).double().mean()),
+            "count_mae": float((mean_count - truth).abs().mean()),
+            "attn_presence_map": presence, "attn_box_top1": box}
 
 
 def run_probes(

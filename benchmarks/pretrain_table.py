@@ -6,6 +6,8 @@ Rows (``--rows`` takes these names, comma-separated):
 - ``random-init``: the encoder of the same architecture at its initialisation (probed only, no training);
 - ``colour-grid``: the floor, the mean colour of each cell of a 4 x 4 grid (``agents.probe.ColourGridEncoder``,
   probed only): what colour and coarse layout alone score;
+- ``chance``: what each probe scores without looking at the image (``agents.probe.chance_scores``: the val
+  prevalence for presence, the most frequent train label for box and k-NN, the train mean count);
 - ``simclr`` / ``ab-simclr``: ``annotations="views"``, bootstrap weight 0 / 1;
 - ``dino`` / ``ab-dino``: ``annotations="prototypes"``, 0 / 1;
 - ``clip`` / ``ab-clip``: ``annotations="captions"``, 0 / 1, at lr 5e-4 and crops only (:data:`CAPTIONS`);
@@ -68,7 +70,7 @@ from agents.cli import check, flag_name, option
 from agents.config import PretrainConfig
 from agents.network import random_init_encoder
 from agents.pretrain import curve_log_dir, probe_set, read_curves, train
-from agents.probe import ColourGridEncoder, ProbeData, run_probes
+from agents.probe import ColourGridEncoder, ProbeData, chance_scores, run_probes
 
 FIGURE = ROOT / "docs" / "figures" / "pretrain_table.png"
 #: Training curves of the rows that logged them (read from each run's TensorBoard log, stored in the JSON).
@@ -87,7 +89,7 @@ PROBES = {"presence_map": ("presence mAP", True), "box_top1": ("box top-1", True
 DIAGNOSTICS = ("bootstrap", "target_entropy", "uniform", "target_drift", "collect_fraction")
 DEFAULT_STEPS = PretrainConfig.total_steps
 DEFAULT_SEEDS = 3
-QUICK = {"seeds": 1, "steps": 40, "rows": "random-init,colour-grid,simclr,ab-simclr,labels,labels-gvf",
+QUICK = {"seeds": 1, "steps": 40, "rows": "random-init,colour-grid,chance,simclr,ab-simclr,labels,labels-gvf",
          "buffer_size": 2048, "probe_train_images": 500, "probe_val_images": 300}
 
 
@@ -109,6 +111,7 @@ CAPTIONS = {"annotations": "captions", "lr": 5e-4, "augmentations": ()}
 ROWS: dict[str, Row] = {r.name: r for r in (
     Row("random-init", "random init", None),
     Row("colour-grid", "colour-grid floor", None),
+    Row("chance", "chance (image-blind)", None),
     Row("simclr", "SimCLR", {"annotations": "views", "bootstrap_weight": 0.0}),
     Row("ab-simclr", "AB-SimCLR", VIEWS),
     Row("dino", "DINO", {"annotations": "prototypes", "bootstrap_weight": 0.0}),
@@ -123,6 +126,8 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ab-simclr-no-tokens", "AB-SimCLR, no action tokens", {**VIEWS, "action_tokens": False}),
     Row("ab-simclr-no-target", "AB-SimCLR, no target network", {**VIEWS, "target_network": False}),
 )}
+#: The rows that train nothing, drawn as lines across the figure's panels.
+FLOORS = ("random-init", "colour-grid", "chance")
 #: (source, base row, bootstrapped row).
 PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP", "clip", "ab-clip"),
          ("labels", "labels", "labels-gvf"))
@@ -178,7 +183,9 @@ def row_config(base: PretrainConfig, row: Row, seed: int, out_dir: Path) -> Pret
 
 def probe_only(name: str, base: PretrainConfig, seed: int, data: ProbeData) -> dict[str, float]:
     """The probes of an encoder that is not trained: the one every row starts from for ``seed`` (built as
-    ``agents.pretrain`` builds it), or the colour-grid floor."""
+    ``agents.pretrain`` builds it), or the colour-grid floor; or the image-blind chance scores."""
+    if name == "chance":
+        return chance_scores(data)
     if name == "colour-grid":
         return run_probes(ColourGridEncoder(), data, device=base.device, progress=base.progress, seed=seed)
     # The encoder is built first from the torch seed, so the annotation source does not change it.
@@ -335,10 +342,10 @@ def _random_init_reading(table: dict[str, dict[str, Any]], seeded: bool) -> list
 
 
 def _floors_reading(table: dict[str, dict[str, Any]], seeded: bool) -> list[str]:
-    """Per floor (random init, colour grid): the trained rows above it on every probe, and the others."""
+    """Per floor (random init, colour grid, chance): the trained rows above it on every probe, and the others."""
     lines = []
     trained = [name for name in table if ROWS[name].overrides is not None]
-    for floor in ("random-init", "colour-grid"):
+    for floor in FLOORS:
         if floor not in table or not trained:
             continue
         qualifier = " by more than the seed spread" if seeded else ""
@@ -389,7 +396,7 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
 def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
     """Grouped bars per probe: base vs bootstrapped per source (upper panels), the AB-SimCLR ablations (lower panels,
     when run); error bars are the seed std; the dashed line is the random-init encoder, the dotted one the colour-grid
-    floor."""
+    floor, the dash-dotted one chance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -423,7 +430,7 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
             ax2.set_title(f"{label}: ablations", fontsize=9)
             panels.append(ax2)
         for a in panels:
-            for floor, style in (("random-init", "--"), ("colour-grid", ":")):
+            for floor, style in zip(FLOORS, ("--", ":", "-."), strict=True):
                 if floor in table:
                     a.axhline(table[floor][key][0], color="black", linestyle=style, linewidth=1,
                               label=ROWS[floor].label)

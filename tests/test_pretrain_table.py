@@ -19,15 +19,21 @@ TINY = ["--set", "obs_size=32", "embed_dim=32", "value_depth=1", "value_dim=32",
 def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, capsys):
     results, figure, out_dir = tmp_path / "table.json", tmp_path / "table.png", tmp_path / "runs"
     common = ["--shapes-root", str(tiny_shapes), "--out-dir", str(out_dir), "--plot", str(figure), *TINY]
-    assert pretrain_table.main([*common, "--rows", "random-init,colour-grid,ab-simclr", "--json", str(results)]) == 0
+    assert pretrain_table.main([*common, "--rows", "random-init,colour-grid,chance,ab-simclr", "--json",
+                                str(results)]) == 0
     out = capsys.readouterr().out
     assert "| row | seeds | presence mAP |" in out
     table_rows = [line for line in out.splitlines() if line.startswith("| random init |")
-                  or line.startswith("| AB-SimCLR |") or line.startswith("| colour-grid floor |")]
-    assert len(table_rows) == 3
+                  or line.startswith("| AB-SimCLR |") or line.startswith("| colour-grid floor |")
+                  or line.startswith("| chance (image-blind) |")]
+    assert len(table_rows) == 4
     assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first = json.loads(results.read_text())
-    assert set(first["runs"]) == {"random-init", "colour-grid", "ab-simclr"}
+    assert set(first["runs"]) == {"random-init", "colour-grid", "chance", "ab-simclr"}
+    # The chance row is agents.probe.chance_scores of the seed's probe data: image-blind, in [0, 1] but count MAE.
+    chance = first["runs"]["chance"]["0"]["probes"]
+    assert set(chance) == set(pretrain_table.PROBES) and chance["attn_box_top1"] == chance["box_top1"]
+    assert all(0 <= v <= 1 for k, v in chance.items() if k != "count_mae") and chance["count_mae"] > 0
     run = first["runs"]["ab-simclr"]["0"]
     assert run["steps"] == 2 and set(run["probes"]) == set(pretrain_table.PROBES)
     assert set(pretrain_table.DIAGNOSTICS) <= set(run["diagnostics"])
@@ -38,14 +44,14 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     assert (tmp_path / "pretrain_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "curves" not in first["runs"]["random-init"]["0"]  # an untrained row has none
     assert first["settings"]["config"]["total_steps"] == 2
-    assert "Above the colour-grid floor on every probe" in out
+    assert "Above the colour-grid floor on every probe" in out and "Above the chance (image-blind) on every" in out
 
     # A JSON written before a config field existed resumes: the missing field takes its default.
     older = json.loads(results.read_text())
     del older["settings"]["config"]["target_network"]
     results.write_text(json.dumps(older))
     # Resume with one more row: the finished runs are skipped and kept as they were; only the new row runs.
-    assert pretrain_table.main([*common, "--rows", "random-init,colour-grid,ab-simclr,labels",
+    assert pretrain_table.main([*common, "--rows", "random-init,colour-grid,chance,ab-simclr,labels",
                                 "--resume-json", str(results)]) == 0
     out = capsys.readouterr().out
     assert "skip random-init seed 0" in out and "skip ab-simclr seed 0" in out
@@ -53,7 +59,7 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     second = json.loads(results.read_text())
     assert second["runs"]["ab-simclr"] == first["runs"]["ab-simclr"]
     assert second["runs"]["random-init"] == first["runs"]["random-init"]
-    assert set(second["runs"]) == {"random-init", "colour-grid", "ab-simclr", "labels"}
+    assert set(second["runs"]) == {"random-init", "colour-grid", "chance", "ab-simclr", "labels"}
     assert len(second["invocations"]) == 2
     assert "| labels base |" in out
 

@@ -487,3 +487,30 @@ def test_cli_names_the_flag_of_each_bad_value(tmp_path, capsys, flag, value, mes
     with pytest.raises(SystemExit) as exit_info:
         probe.main(["--checkpoint", str(checkpoint), flag, value])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def _split(presence, counts, image_class, crop_labels):
+    from agents.probe import ProbeSplit
+
+    n, b = len(counts), len(crop_labels)
+    return ProbeSplit(views=torch.zeros(n, 3, 4, 4, dtype=torch.uint8), presence=torch.tensor(presence).float(),
+                      counts=torch.tensor(counts), image_class=torch.tensor(image_class),
+                      crops=torch.zeros(b, 3, 4, 4, dtype=torch.uint8), crop_boxes=torch.zeros(b, 4),
+                      crop_labels=torch.tensor(crop_labels), crop_image=torch.zeros(b, dtype=torch.int64),
+                      image_index=torch.arange(n))
+
+
+def test_chance_scores_by_hand():
+    from agents.probe import ProbeData, chance_scores
+
+    # train: crop label 2 is the most frequent, image class 1, mean count 2.25
+    train = _split([[1, 0, 0], [0, 1, 0], [0, 1, 1], [1, 1, 0]], [1, 2, 3, 3], [0, 1, 1, -1], [2, 2, 0, 1, 2])
+    # val: category 2 never present (left out of the mean); 2 of 4 crops are label 2; 1 of 2 classed images is 1
+    val = _split([[1, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]], [2, 2, 4, 0], [1, 0, -1, -1], [2, 0, 2, 1])
+    scores = chance_scores(ProbeData(train=train, val=val, num_categories=3, view_size=4))
+    assert scores["presence_map"] == pytest.approx((2 / 4 + 2 / 4) / 2)
+    assert scores["box_top1"] == pytest.approx(0.5) and scores["attn_box_top1"] == scores["box_top1"]
+    assert scores["knn_top1"] == pytest.approx(0.5)
+    assert scores["count_acc"] == pytest.approx(2 / 4)  # round(2.25) = 2 matches two of the val counts
+    assert scores["count_mae"] == pytest.approx((0.25 + 0.25 + 1.75 + 2.25) / 4)
+    assert scores["attn_presence_map"] == scores["presence_map"]
