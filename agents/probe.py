@@ -66,9 +66,9 @@ model, a baseline), probed under :class:`ProbeProtocol`, the protocol of the pre
 
     python -m agents.probe --checkpoint runs/shapes/checkpoint.pt --random-init --out probes.json
 
-It prints a table of scores (the encoder's, optionally its random init's, and the colour-grid floor's) and writes
-them, with the protocol, as JSON to ``--out``; :func:`probe_from_config` returns that record to a caller and
-:func:`probe_encoder` probes any encoder from Python.
+It prints a table of scores (the encoder's, optionally its random init's, and the floors: the colour grid's and
+chance) and writes them, with the protocol, as JSON to ``--out``; :func:`probe_from_config` returns that record to a
+caller and :func:`probe_encoder` probes any encoder from Python.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ from view_env.data import DatasetNotFoundError, ImageBank, load_dataset
 
 __all__ = [
     "ATTENTIVE_EPOCHS",
+    "CHANCE",
     "COLOUR_GRID",
     "MIN_CROP_AREA",
     "AttentiveProbe",
@@ -141,6 +142,8 @@ MIN_CROP_AREA: float = EnvParams.min_scale
 ATTENTIVE_EPOCHS = 20
 #: Row name of the colour-grid floor in :func:`probe_encoders`.
 COLOUR_GRID = "colour grid"
+#: Row name of the image-blind chance scores (:func:`chance_scores`) in :func:`probe_encoders`.
+CHANCE = "chance"
 #: Datasets with the object labels the probes need.
 LABELLED_DATASETS = ("shapes", "coco")
 
@@ -1253,26 +1256,32 @@ def probe_encoders(
     Args:
         encoders: Row name (e.g. ``"pretrained"``, ``"random init"``) -> encoder (see :data:`Encoder`).
         data: From :func:`probe_data`.
-        colour_grid: Add the colour-grid floor (:class:`ColourGridEncoder`, grid 4; needs ``data.view_size``
-            divisible by 4) as a last row named :data:`COLOUR_GRID`.
+        colour_grid: Add the floors: the colour-grid row (:class:`ColourGridEncoder`, grid 4; needs
+            ``data.view_size`` divisible by 4) named :data:`COLOUR_GRID`, then the image-blind scores
+            (:func:`chance_scores`) named :data:`CHANCE`, as the last two rows.
         device, epochs, progress, batch_size, seed, attentive_epochs: As :func:`run_probes`.
 
     Returns:
-        Row name -> scores, in the order of ``encoders`` (then the floor).
+        Row name -> scores, in the order of ``encoders`` (then the floors).
 
     Raises:
-        ValueError: No encoder and no floor row, or an encoder is named :data:`COLOUR_GRID` while the floor is on.
+        ValueError: No encoder and no floor row, or an encoder is named :data:`COLOUR_GRID` or :data:`CHANCE`
+            while the floors are on.
     """
     rows = dict(encoders)
     if colour_grid:
-        if COLOUR_GRID in rows:
-            raise ValueError(f"an encoder is named {COLOUR_GRID!r}, the floor row's name; rename it or pass "
-                             "colour_grid=False")
+        for name in (COLOUR_GRID, CHANCE):
+            if name in rows:
+                raise ValueError(f"an encoder is named {name!r}, a floor row's name; rename it or pass "
+                                 "colour_grid=False")
         rows[COLOUR_GRID] = ColourGridEncoder()
     if not rows:
         raise ValueError("encoders is empty and colour_grid is False: there is nothing to probe")
     settings = {"batch_size": batch_size, "seed": seed, "attentive_epochs": attentive_epochs}
-    return {name: run_probes(encoder, data, device, epochs, progress, **settings) for name, encoder in rows.items()}
+    table = {name: run_probes(encoder, data, device, epochs, progress, **settings) for name, encoder in rows.items()}
+    if colour_grid:
+        table[CHANCE] = chance_scores(data)
+    return table
 
 
 #: A cell of a probe table: a score, or the ``(mean, std)`` of a score over runs.
@@ -1453,7 +1462,7 @@ def probe_encoder(
             ``"encoder"``.
         protocol: What to measure (:class:`ProbeProtocol`).
         device: Where the encoders and the probes run.
-        floor: Add the colour-grid floor row (:data:`COLOUR_GRID`).
+        floor: Add the floor rows (:data:`COLOUR_GRID`, :data:`CHANCE`).
         progress: Progress bars.
         data: ``protocol.data()`` already rendered (several calls on one protocol share it).
 
@@ -1508,7 +1517,7 @@ class ProbeConfig:
     seed: int | None = option(None, "seed of the image draws and the probes (default: the run's, else 0)")
     epochs: int = option(100, "epochs of each linear probe")
     attentive_epochs: int = option(ATTENTIVE_EPOCHS, "epochs of each attentive probe")
-    floor: bool = option(True, "add the colour-grid floor row (--no-floor leaves it out)")
+    floor: bool = option(True, "add the floor rows, the colour grid and chance (--no-floor leaves them out)")
     random_init: bool = option(False, "add a row for the same architecture at random init (the pretrainer's "
                                "\"random init\" row: the run's network built from torch seed seed + 1)")
     progress: bool = option(True, "show progress bars")

@@ -569,9 +569,9 @@ class TableArgs:
     overrides: list[str] = option([], "change a PretrainConfig field of every row, e.g. --set encoder_depth=2 "
                                   f"lr=1e-3 (not {', '.join(sorted(RESERVED))})", flag="--set", action="extend",
                                   metavar="FIELD=VALUE")
-    quick: bool = option(False, "1 seed, 40 steps, 6 rows (random init, colour grid, SimCLR vs AB-SimCLR, labels "
-                         "base vs GVF), a 2,048-transition buffer, probes on 500 train and 300 val images; explicit "
-                         "flags override these")
+    quick: bool = option(False, "1 seed, 40 steps, 7 rows (random init, colour grid, chance, SimCLR vs AB-SimCLR, "
+                         "labels base vs GVF), a 2,048-transition buffer, probes on 500 train and 300 val images; "
+                         "explicit flags override these")
     out_dir: Path = option(Path("runs/pretrain_table"), "checkpoints (OUT_DIR/ROW/seedN)")
     json: Path | None = option(None, "raw per-seed results (default: --resume-json when given, else "
                                "runs/pretrain_table.json)")

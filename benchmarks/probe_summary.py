@@ -1,10 +1,10 @@
 """Mean and seed spread of the probe tables of several pretraining runs, and whether each encoder beats another.
 
 Each run directory holds the ``probe.json`` that ``python -m agents.pretrain`` writes (rows: ``pretrained``,
-``random init``, ``colour grid``). The table gives, per row and probe, the mean and sample standard deviation over
-the runs; the verdicts compare ``pretrained`` with every other row: a difference "beyond the seed spread" exceeds
-the standard deviation of a difference of two independent runs (``hypot(std_a, std_b)``), the yardstick of
-``benchmarks/pretrain_table.py``.
+``random init``, ``colour grid``, ``chance``). The table gives, per row and probe, the mean and sample standard
+deviation over the runs; the verdicts compare ``pretrained`` with every other row: a difference "beyond the seed
+spread" exceeds the standard deviation of a difference of two independent runs (``hypot(std_a, std_b)``), the
+yardstick of ``benchmarks/pretrain_table.py``.
 
     for seed in 0 1 2; do python -m agents.pretrain --seed $seed --out runs/default-seed$seed; done
     python benchmarks/probe_summary.py runs/default-seed0 runs/default-seed1 runs/default-seed2

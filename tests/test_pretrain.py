@@ -186,7 +186,7 @@ def test_command_line_runs_and_probes(tiny_shapes, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pretrained" in out and "random init" in out and "presence_map" in out
     results = json.loads((tmp_path / "cli" / "probe.json").read_text())
-    assert set(results) == {"pretrained", "random init", "colour grid"}
+    assert set(results) == {"pretrained", "random init", "colour grid", "chance"}
     assert {"attn_box_top1", "attn_presence_map", "box_top1"} <= set(results["pretrained"])
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from agents import probe
 from agents.models import IMAGENET_MEAN, IMAGENET_STD, ViewEncoder
 from agents.probe import (
+    CHANCE,
     COLOUR_GRID,
     AttentiveProbe,
     ColourGridEncoder,
@@ -21,6 +22,7 @@ from agents.probe import (
     attentive_classification_probe,
     attentive_presence_probe,
     average_precision,
+    chance_scores,
     classification_probe,
     colour_grid_features,
     counting_probe,
@@ -411,7 +413,8 @@ def test_probes_with_tokens_and_the_floor_row_on_shapes(data):
             return EncodedViews(tokens=tokens, pooled=tokens.mean(1))
 
     rows = probe_encoders({"conv": TokenConv()}, data, epochs=2, progress=False, attentive_epochs=2)
-    assert list(rows) == ["conv", COLOUR_GRID]
+    assert list(rows) == ["conv", COLOUR_GRID, CHANCE]
+    assert rows[CHANCE] == chance_scores(data)
     for scores in rows.values():
         assert {"attn_presence_map", "attn_box_top1"} <= set(scores)
         assert all(0.0 <= scores[key] <= 1.0 for key in scores if key != "count_mae"), scores

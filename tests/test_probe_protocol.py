@@ -18,7 +18,7 @@ from agents.gvf import GVFNetwork
 from agents.models import ViewEncoder
 from agents.network import build_network, build_view_encoder, random_init_encoder
 from agents.pretrain import train
-from agents.probe import COLOUR_GRID, ProbeProtocol
+from agents.probe import CHANCE, COLOUR_GRID, ProbeProtocol
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_an_export_scores_what_its_checkpoint_scores(run, tmp_path):
 def test_a_fresh_timm_model_is_probed_under_the_same_protocol(tiny_shapes, tmp_path):
     record = probe.probe_from_config(probe.ProbeConfig(timm="resnet18", root=str(tiny_shapes), train_images=12,
                                                        epochs=2, attentive_epochs=2, progress=False))
-    assert list(record["scores"]) == ["timm:resnet18", COLOUR_GRID]
+    assert list(record["scores"]) == ["timm:resnet18", COLOUR_GRID, CHANCE]
     assert record["protocol"]["view_size"] == 32 and record["images"]["train"] == 12
     assert set(record["scores"]["timm:resnet18"]) == set(record["scores"][COLOUR_GRID])
 
