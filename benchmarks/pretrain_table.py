@@ -9,7 +9,8 @@ Rows (``--rows`` takes these names, comma-separated):
 - ``chance``: what each probe scores without looking at the image (``agents.probe.chance_scores``: the val
   prevalence for presence, the most frequent train label for box and k-NN, the train mean count);
 - ``simclr`` / ``ab-simclr``: ``annotations="views"``, bootstrap weight 0 / 1;
-- ``dino`` / ``ab-dino``: ``annotations="prototypes"``, 0 / 1;
+- ``dino`` / ``ab-dino``: ``annotations="prototypes"``, 0 / 1, with a Sinkhorn-Knopp teacher and flips only
+  (:data:`PROTOTYPES`);
 - ``clip`` / ``ab-clip``: ``annotations="captions"``, 0 / 1, at lr 5e-4 and crops only (:data:`CAPTIONS`);
 - ``labels`` / ``labels-gvf``: ``annotations="labels"``, 0 / 1 (the default preset's GVF);
 - ablations of AB-SimCLR (gamma 0.5, max backup, action tokens): ``ab-simclr-gamma0``, ``ab-simclr-gamma0.9``,
@@ -19,8 +20,8 @@ Rows (``--rows`` takes these names, comma-separated):
 
 Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
 ``python -m agents.pretrain``, the CPU recipe) with the same ``total_steps`` (``--steps``), plus the row's few
-overrides; ``--set FIELD=VALUE`` changes the base of every row. All rows of a seed (but the CLIP rows, whose views
-are not augmented) train on the same transitions:
+overrides; ``--set FIELD=VALUE`` changes the base of every row. All rows of a seed (but the DINO and CLIP rows,
+whose views are augmented less) train on the same transitions:
 each run streams them from the environment while it trains, and the stream is a pure function of the seed (rounds
 seeded by ``(seed, round)``, the same replay ratio and batch), so every row sees exactly the same views. The budget
 is equal in optimiser steps and views, not in compute: a base method skips the value head and so runs faster per
@@ -104,6 +105,10 @@ class Row:
 
 
 VIEWS = {"annotations": "views", "bootstrap_weight": 1.0}
+#: DINO's rows: with the colour jitter of the base recipe DINO's teacher is uniform within 100 steps whatever the
+#: teacher (centring or Sinkhorn-Knopp), its temperature, the EMA or KoLeo; without it a Sinkhorn-Knopp teacher
+#: learns (benchmarks/dino_collapse.py, docs/benchmarks.md).
+PROTOTYPES = {"annotations": "prototypes", "dino_teacher": "sinkhorn", "augmentations": ("flip",)}
 #: CLIP's rows: at the base lr (2e-3) both towers collapse to one constant embedding within 20 steps and the loss
 #: stays at log B; at 5e-4 (CLIP's own rate) it leaves that plateau. Crops only, as CLIP trains: the hue jitter
 #: would falsify the captions' colour words and the flip their "left of" / "right of" (docs/gvf.md).
@@ -114,8 +119,8 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("chance", "chance (image-blind)", None),
     Row("simclr", "SimCLR", {"annotations": "views", "bootstrap_weight": 0.0}),
     Row("ab-simclr", "AB-SimCLR", VIEWS),
-    Row("dino", "DINO", {"annotations": "prototypes", "bootstrap_weight": 0.0}),
-    Row("ab-dino", "AB-DINO", {"annotations": "prototypes", "bootstrap_weight": 1.0}),
+    Row("dino", "DINO (Sinkhorn-Knopp, flip only)", {**PROTOTYPES, "bootstrap_weight": 0.0}),
+    Row("ab-dino", "AB-DINO (Sinkhorn-Knopp, flip only)", {**PROTOTYPES, "bootstrap_weight": 1.0}),
     Row("clip", "CLIP (lr 5e-4, crops only)", {**CAPTIONS, "bootstrap_weight": 0.0}),
     Row("ab-clip", "AB-CLIP (lr 5e-4, crops only)", {**CAPTIONS, "bootstrap_weight": 1.0}),
     Row("labels", "labels base", {"annotations": "labels", "bootstrap_weight": 0.0}),
