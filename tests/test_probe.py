@@ -468,6 +468,8 @@ def test_new_inputs_raise_value_errors_naming_the_value(banks, data):
         format_probe_table({})
     with pytest.raises(ValueError, match="named 'colour grid'"):
         probe_encoders({COLOUR_GRID: _tiny_encoder()}, data, progress=False)
+    with pytest.raises(ValueError, match="named 'chance', a floor row's name"):
+        probe_encoders({CHANCE: _tiny_encoder()}, data, progress=False)
     with pytest.raises(ValueError, match="encoders is empty"):
         probe_encoders({}, data, colour_grid=False)
 
