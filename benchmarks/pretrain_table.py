@@ -16,7 +16,9 @@ Rows (``--rows`` takes these names, comma-separated):
 - ablations of AB-SimCLR (gamma 0.5, max backup, action tokens): ``ab-simclr-gamma0``, ``ab-simclr-gamma0.9``,
   ``ab-simclr-mean`` (the mean backup: the GVF of the uniform policy), ``ab-simclr-no-tokens``
   (``action_tokens=False``) and ``ab-simclr-no-target`` (``target_network=False``: the TD target from the online
-  network of the step, without a gradient). Gamma 0.5 and the max backup are the ``ab-simclr`` row itself.
+  network of the step, without a gradient). Gamma 0.5 and the max backup are the ``ab-simclr`` row itself;
+- ``ab-dino-no-tokens``: AB-DINO without action tokens, compared with ``ab-dino`` (the one bootstrapped row with a
+  gain on an attentive probe beyond the seed spread).
 
 Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
 ``python -m agents.pretrain``, the CPU recipe) with the same ``total_steps`` (``--steps``), plus the row's few
@@ -130,16 +132,23 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ab-simclr-mean", "AB-SimCLR, mean backup", {**VIEWS, "backup": "mean"}),
     Row("ab-simclr-no-tokens", "AB-SimCLR, no action tokens", {**VIEWS, "action_tokens": False}),
     Row("ab-simclr-no-target", "AB-SimCLR, no target network", {**VIEWS, "target_network": False}),
+    Row("ab-dino-no-tokens", "AB-DINO, no action tokens", {**PROTOTYPES, "bootstrap_weight": 1.0,
+                                                           "action_tokens": False}),
 )}
 #: The rows that train nothing, drawn as lines across the figure's panels.
 FLOORS = ("random-init", "colour-grid", "chance")
 #: (source, base row, bootstrapped row).
 PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP", "clip", "ab-clip"),
          ("labels", "labels", "labels-gvf"))
-#: (what the ablation changes, row), each compared with ``ab-simclr`` (gamma 0.5, max backup, action tokens).
-ABLATIONS = (("gamma 0", "ab-simclr-gamma0"), ("gamma 0.9", "ab-simclr-gamma0.9"),
-             ("mean backup", "ab-simclr-mean"), ("no action tokens", "ab-simclr-no-tokens"),
-             ("no target network", "ab-simclr-no-target"))
+#: (what the ablation changes, row, the full row it is compared with): ``ab-simclr`` (gamma 0.5, max backup, action
+#: tokens), or ``ab-dino``, the one source whose bootstrapped row beats its base on an attentive probe.
+ABLATIONS = (("gamma 0", "ab-simclr-gamma0", "ab-simclr"), ("gamma 0.9", "ab-simclr-gamma0.9", "ab-simclr"),
+             ("mean backup", "ab-simclr-mean", "ab-simclr"), ("no action tokens", "ab-simclr-no-tokens", "ab-simclr"),
+             ("no target network", "ab-simclr-no-target", "ab-simclr"),
+             ("no action tokens", "ab-dino-no-tokens", "ab-dino"))
+#: How the reading names each full row of :data:`ABLATIONS`.
+FULL_ROWS = {"ab-simclr": "AB-SimCLR (gamma 0.5, max backup, action tokens)",
+             "ab-dino": "AB-DINO (gamma 0.5, max backup, action tokens)"}
 #: Fields each row sets, or the script sets per run: ``--set`` may not change them.
 RESERVED = {"annotations", "bootstrap_weight", "gamma", "backup", "action_tokens", "target_network", "seed", "out",
             "data", "resume", "total_steps", "probe", "probe_train_images", "root", "env", "split", "progress"}
@@ -384,11 +393,10 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
     """Plain sentences of what the table shows, from its numbers only."""
     seeded = min((e["n"] for e in table.values()), default=0) > 1
     lines = _pairs_reading(table, seeded)
-    if "ab-simclr" in table:
-        for what, name in ABLATIONS:
-            if name in table:
-                lines.append(_sentence(f"AB-SimCLR with {what}", "AB-SimCLR (gamma 0.5, max backup, action tokens)",
-                                       compare(table, name, "ab-simclr"), seeded))
+    for what, name, full in ABLATIONS:
+        if name in table and full in table:
+            lines.append(_sentence(f"{FULL_ROWS[full].split(' (')[0]} with {what}", FULL_ROWS[full],
+                                   compare(table, name, full), seeded))
     if "random-init" in table:
         lines += _random_init_reading(table, seeded)
     lines += _floors_reading(table, seeded)
@@ -408,8 +416,13 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pairs = [p for p in PAIRS if p[1] in table or p[2] in table]
-    ablations = [("AB-SimCLR (gamma 0.5, max)", "ab-simclr")] + [a for a in ABLATIONS if a[1] in table]
-    show_ablations = len([a for a in ablations if a[1] in table]) > 1
+    ablations = []  # (bar label, row): each full row with an ablation in the table, then its ablations
+    for full, name in FULL_ROWS.items():
+        short = name.split(" (")[0]
+        done = [(what, row) for what, row, reference in ABLATIONS if reference == full and row in table]
+        if full in table and done:
+            ablations += [(f"{short} (full)", full)] + [(f"{what} ({short})", row) for what, row in done]
+    show_ablations = bool(ablations)
     columns = min(4, len(PROBES))
     rows = math.ceil(len(PROBES) / columns)
     blocks = 2 if show_ablations else 1
@@ -430,7 +443,7 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
             present = [a for a in ablations if a[1] in table]
             x2 = np.arange(len(present))
             ax2.bar(x2, [table[a[1]][key][0] for a in present], 0.6, yerr=[table[a[1]][key][1] for a in present],
-                    capsize=3, color=["#d9622b"] + ["#4c78a8"] * (len(present) - 1))
+                    capsize=3, color=["#d9622b" if a[1] in FULL_ROWS else "#4c78a8" for a in present])
             ax2.set_xticks(x2, [a[0].replace(" ", "\n", 1) for a in present], fontsize=8)
             ax2.set_title(f"{label}: ablations", fontsize=9)
             panels.append(ax2)
