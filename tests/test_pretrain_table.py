@@ -163,3 +163,19 @@ def test_reading_compares_every_trained_row_with_both_floors_and_the_attentive_p
     assert any(line.startswith("On the attentive probes, where the paper's gains show, AB-X minus X: SimCLR: -0.090 "
                                "attentive presence mAP (beyond the spread), +0.050 attentive box top-1 (beyond")
                for line in lines)
+
+
+def test_an_ablation_is_read_and_drawn_against_its_own_full_row(tmp_path):
+    def entry(value, std=0.005):
+        return {"n": 3, "train_seconds": 1.0, **{k: (value, std) for k in pretrain_table.PROBES}}
+
+    table = {"random-init": entry(0.30), "dino": entry(0.40), "ab-dino": entry(0.42), "ab-dino-no-tokens": entry(0.40),
+             "ab-simclr": entry(0.45)}
+    lines = pretrain_table.reading(table)
+    dino = [line for line in lines if line.startswith("AB-DINO with no action tokens vs AB-DINO (gamma 0.5, max "
+                                                      "backup, action tokens): -0.020 presence mAP")]
+    assert len(dino) == 1 and "(worse)" in dino[0]
+    assert not any(line.startswith("AB-SimCLR with") for line in lines)  # no SimCLR ablation in the table
+    figure = tmp_path / "table.png"
+    pretrain_table.plot(table, figure)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
