@@ -407,9 +407,9 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
-    """Grouped bars per probe: base vs bootstrapped per source (upper panels), the AB-SimCLR ablations (lower panels,
-    when run); error bars are the seed std; the dashed line is the random-init encoder, the dotted one the colour-grid
-    floor, the dash-dotted one chance."""
+    """Grouped bars per probe: base vs bootstrapped per source (upper panels), the ablations (lower panels, when run:
+    each full row in orange, then its ablations in blue); error bars are the seed std; the dashed line is the
+    random-init encoder, the dotted one the colour-grid floor, the dash-dotted one chance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -421,7 +421,7 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
         short = name.split(" (")[0]
         done = [(what, row) for what, row, reference in ABLATIONS if reference == full and row in table]
         if full in table and done:
-            ablations += [(f"{short} (full)", full)] + [(f"{what} ({short})", row) for what, row in done]
+            ablations += [(short, full)] + [(what, row) for what, row in done]  # the ablations follow their row
     show_ablations = bool(ablations)
     columns = min(4, len(PROBES))
     rows = math.ceil(len(PROBES) / columns)
@@ -444,7 +444,7 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
             x2 = np.arange(len(present))
             ax2.bar(x2, [table[a[1]][key][0] for a in present], 0.6, yerr=[table[a[1]][key][1] for a in present],
                     capsize=3, color=["#d9622b" if a[1] in FULL_ROWS else "#4c78a8" for a in present])
-            ax2.set_xticks(x2, [a[0].replace(" ", "\n", 1) for a in present], fontsize=8)
+            ax2.set_xticks(x2, [a[0] for a in present], fontsize=7, rotation=40, ha="right")
             ax2.set_title(f"{label}: ablations", fontsize=9)
             panels.append(ax2)
         for a in panels:
