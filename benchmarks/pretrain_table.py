@@ -585,8 +585,9 @@ class TableArgs:
     probe_val_images: int | None = option(None, "val images the probes are scored on (default: all; --quick: "
                                           f"{QUICK['probe_val_images']})")
     overrides: list[str] = option([], "change a PretrainConfig field of every row, e.g. --set encoder_depth=2 "
-                                  f"lr=1e-3 (not {', '.join(sorted(RESERVED))})", flag="--set", action="extend",
-                                  metavar="FIELD=VALUE")
+                                  f"lr=1e-3 (not {', '.join(sorted(RESERVED))}); a row that sets the field itself "
+                                  "keeps its own value (the DINO rows' teacher and augmentations, the CLIP rows' lr "
+                                  "and augmentations)", flag="--set", action="extend", metavar="FIELD=VALUE")
     quick: bool = option(False, "1 seed, 40 steps, 7 rows (random init, colour grid, chance, SimCLR vs AB-SimCLR, "
                          "labels base vs GVF), a 2,048-transition buffer, probes on 500 train and 300 val images; "
                          "explicit flags override these")
