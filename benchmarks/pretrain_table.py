@@ -208,6 +208,31 @@ def probe_only(name: str, base: PretrainConfig, seed: int, data: ProbeData) -> d
     return run_probes(encoder, data, device=base.device, progress=base.progress, seed=seed)
 
 
+def reprobe(config: PretrainConfig, data: ProbeData) -> dict[str, float]:
+    """The probes of a finished run, again, from its checkpoint (``--reprobe``: for when a probe changes).
+
+    Raises:
+        ValueError: The checkpoint is missing or unreadable, of another run, or of an unfinished one; the message
+            says which.
+    """
+    checkpoint = Path(config.out) / "checkpoint.pt"
+    try:
+        payload = load_checkpoint(checkpoint)
+    except CheckpointError as error:
+        raise ValueError(f"--reprobe: {error}") from None
+    saved = dataclasses.replace(payload["config"], resume=False, progress=False)
+    if saved != dataclasses.replace(config, resume=False, progress=False):
+        differ = sorted(k for k, v in config_to_dict(saved).items()
+                        if v != config_to_dict(dataclasses.replace(config, resume=False, progress=False))[k])
+        raise ValueError(f"--reprobe: {checkpoint} is of another run ({', '.join(differ)} differ); point --out-dir "
+                         "at the checkpoints of the JSON's runs")
+    if payload["step"] != config.total_steps:
+        raise ValueError(f"--reprobe: {checkpoint} stopped at step {payload['step']} of {config.total_steps}; "
+                         "finish the run (drop --reprobe and the run from the JSON) first")
+    encoder, _ = load_encoder(checkpoint, config.device)
+    return run_probes(encoder, data, device=config.device, progress=config.progress, seed=config.seed)
+
+
 def pretrain_and_probe(config: PretrainConfig, data: ProbeData) -> dict[str, Any]:
     """Train one row for one seed (continuing its checkpoint when it is of this exact run) and probe it."""
     checkpoint = Path(config.out) / "checkpoint.pt"
@@ -515,8 +540,9 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
     figure_ref = relative(figure, DOCS.parent)
     base = meta["settings"]["config"]
     invocations = meta["invocations"]  # every command that added runs to the JSON (or only rewrote this section)
-    commands = "; then ".join(f"`{i['command']}` ({i['runs']} runs, wall time {i['wall_seconds']:.0f} s, commit "
-                              f"{i['commit']})" for i in invocations)
+    commands = "; then ".join(f"`{i['command']}` ({i['runs']} runs"
+                              + (f", {i['reprobed']} probed again" if i.get("reprobed") else "")
+                              + f", wall time {i['wall_seconds']:.0f} s, commit {i['commit']})" for i in invocations)
     machines = "; ".join(dict.fromkeys(i["machine"] for i in invocations))
     section = "\n".join([
         START,
@@ -595,6 +621,9 @@ class TableArgs:
     json: Path | None = option(None, "raw per-seed results (default: --resume-json when given, else "
                                "runs/pretrain_table.json)")
     resume_json: Path | None = option(None, "continue from this JSON: skip the (row, seed) runs it already holds")
+    reprobe: bool = option(False, "with --resume-json: probe again the runs it holds, from their checkpoints under "
+                           "OUT_DIR (each must be of this exact run, finished), keeping their training results; for "
+                           "when a probe changes")
     plot: Path | None = option(None, f"the PNG (default: {FIGURE.relative_to(ROOT)} with --write-docs, else "
                                "OUT_DIR/pretrain_table.png)")
     write_docs: bool = option(False, f"write the section of {DOCS.relative_to(ROOT)}")
@@ -619,6 +648,8 @@ class TableArgs:
               self.probe_val_images, "an integer >= 1 (or none: the whole val split)")
         check(self.buffer_size is None or self.buffer_size >= 1, "buffer_size", self.buffer_size, "an integer >= 1")
         self.config_overrides = dict(self._override(item) for item in self.overrides)
+        check(not self.reprobe or self.resume_json is not None, "reprobe", self.reprobe,
+              "used with --resume-json (the JSON whose runs are probed again)")
         if self.json is None:
             self.json = self.resume_json or Path("runs/pretrain_table.json")
         if self.plot is None:
@@ -686,8 +717,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if str(seed) not in runs.get(name, {})]
     skipped = [(seed, name) for seed in range(args.seeds) for name in args.row_names if str(seed) in runs.get(name, {})]
     for seed, name in skipped:
-        print(f"skip {name} seed {seed}: in {args.resume_json}")
-    print(f"{len(todo)} runs: {args.steps} steps x batch {base.batch_size}, a {base.buffer_size:,}-transition buffer "
+        print(f"{'probe again' if args.reprobe else 'skip'} {name} seed {seed}: in {args.resume_json}")
+    fresh = len(todo)
+    if args.reprobe:  # probe the held runs first, from their checkpoints; then train what is missing
+        todo = skipped + todo
+    print(f"{fresh} runs{f' and {len(skipped)} probed again' if args.reprobe else ''}: {args.steps} steps x batch {base.batch_size}, a {base.buffer_size:,}-transition buffer "
           f"at replay ratio {base.replay_ratio}, probes on {args.probe_train_images} train images; checkpoints in "
           f"{args.out_dir}", flush=True)
     probe_cache: dict[int, ProbeData] = {}
@@ -698,12 +732,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             probe_cache[seed] = probe_set(dataclasses.replace(base, seed=seed), args.probe_val_images)
         data = probe_cache[seed]
         began = time.perf_counter()
-        if row.overrides is None:
+        held = runs.get(name, {}).get(str(seed))
+        if held is not None:  # --reprobe: new probes, the training results (and their commit) kept
+            try:
+                probes = (probe_only(name, base, seed, data) if row.overrides is None
+                          else reprobe(row_config(base, row, seed, args.out_dir), data))
+            except ValueError as error:
+                parser.error(str(error))
+            result = {**held, "probes": probes, "probe_seconds": time.perf_counter() - began,
+                      "reprobed": {"machine": machine(), "commit": commit()}}
+        elif row.overrides is None:
             result = {"probes": probe_only(name, base, seed, data), "train_seconds": None,
                       "probe_seconds": time.perf_counter() - began}
         else:
             result = pretrain_and_probe(row_config(base, row, seed, args.out_dir), data)
-        result.update(machine=machine(), commit=commit())
+        if held is None:
+            result.update(machine=machine(), commit=commit())
         runs.setdefault(name, {})[str(seed)] = result
         _write_json(args.json, document)
         scores = ", ".join(f"{PROBES[k][0]} {v:.3f}" for k, v in result["probes"].items())
@@ -712,7 +756,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{number}/{len(todo)}] {name} seed {seed}: {time.perf_counter() - began:.0f} s{loss}; {scores}",
               flush=True)
     wall = time.perf_counter() - started
-    document["invocations"].append({"command": command, "wall_seconds": wall, "runs": len(todo),
+    document["invocations"].append({"command": command, "wall_seconds": wall, "runs": fresh,
+                                    "reprobed": len(skipped) if args.reprobe else 0,
                                     "machine": machine(), "commit": commit()})
     _write_json(args.json, document)
 

@@ -63,6 +63,31 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     assert len(second["invocations"]) == 2
     assert "| labels base |" in out
 
+    # --reprobe probes the held runs again from their checkpoints and keeps their training results.
+    stale = json.loads(results.read_text())
+    for row in ("ab-simclr", "random-init"):
+        stale["runs"][row]["0"]["probes"] = dict.fromkeys(pretrain_table.PROBES, -1.0)
+    results.write_text(json.dumps(stale))
+    assert pretrain_table.main([*common, "--rows", "random-init,ab-simclr", "--resume-json", str(results),
+                                "--reprobe"]) == 0
+    out = capsys.readouterr().out
+    assert "probe again ab-simclr seed 0" in out and "0 runs and 2 probed again:" in out
+    third = json.loads(results.read_text())
+    for row in ("ab-simclr", "random-init"):
+        again = third["runs"][row]["0"]
+        assert again["probes"] == second["runs"][row]["0"]["probes"]  # the same checkpoint, the same probes
+        assert again["commit"] == second["runs"][row]["0"]["commit"] and "reprobed" in again
+    assert third["runs"]["ab-simclr"]["0"]["train_seconds"] == second["runs"]["ab-simclr"]["0"]["train_seconds"]
+    assert third["invocations"][-1]["runs"] == 0 and third["invocations"][-1]["reprobed"] == 2
+    # Without the checkpoints, or without a JSON to probe again, it says so.
+    with pytest.raises(SystemExit):
+        pretrain_table.main([*common[:2], "--out-dir", str(tmp_path / "elsewhere"), *common[4:], "--rows",
+                             "ab-simclr", "--resume-json", str(results), "--reprobe"])
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pretrain_table.main([*common, "--rows", "ab-simclr", "--reprobe"])
+    assert "--resume-json" in capsys.readouterr().err
+
 
 def test_resume_refuses_other_settings(tiny_shapes, tmp_path, capsys):
     results = tmp_path / "table.json"

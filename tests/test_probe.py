@@ -152,8 +152,6 @@ def test_probe_data_shapes_targets_and_crops(banks, data):
         for row in range(n):
             present = sorted(set(bank.labels[row][valid[row]].tolist()))
             assert split.presence[row].nonzero().flatten().tolist() == present
-            area = (bank.boxes[row, :, 2] - bank.boxes[row, :, 0]) * (bank.boxes[row, :, 3] - bank.boxes[row, :, 1])
-            assert split.image_class[row] == bank.labels[row, area.masked_fill(~valid[row], -1).argmax()]
         objects = bank.boxes[valid]  # (B, 4), image-major like the crops
         assert (split.crop_boxes[:, :2] <= objects[:, :2] + 1e-6).all()
         assert (split.crop_boxes[:, 2:] >= objects[:, 2:] - 1e-6).all()
@@ -194,6 +192,9 @@ def test_run_probes_end_to_end(data):
     for name in ("presence_map", "box_top1", "knn_top1", "count_acc", "attn_presence_map", "attn_box_top1"):
         assert 0.0 <= scores[name] <= 1.0, (name, scores[name])
     assert scores["count_mae"] >= 0.0
+    crops = {split: extract_features(encoder, getattr(data, split).crops) for split in ("train", "val")}
+    knn = knn_probe(crops["train"], data.train.crop_labels, crops["val"], data.val.crop_labels, data.num_categories)
+    assert scores["knn_top1"] == knn  # k-NN classifies the object crops, the box probe's inputs
     assert run_probes(encoder, data, epochs=2, progress=False, attentive_epochs=2) == scores
 
 
@@ -494,12 +495,12 @@ def test_cli_names_the_flag_of_each_bad_value(tmp_path, capsys, flag, value, mes
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def _split(presence, counts, image_class, crop_labels):
+def _split(presence, counts, crop_labels):
     from agents.probe import ProbeSplit
 
     n, b = len(counts), len(crop_labels)
     return ProbeSplit(views=torch.zeros(n, 3, 4, 4, dtype=torch.uint8), presence=torch.tensor(presence).float(),
-                      counts=torch.tensor(counts), image_class=torch.tensor(image_class),
+                      counts=torch.tensor(counts),
                       crops=torch.zeros(b, 3, 4, 4, dtype=torch.uint8), crop_boxes=torch.zeros(b, 4),
                       crop_labels=torch.tensor(crop_labels), crop_image=torch.zeros(b, dtype=torch.int64),
                       image_index=torch.arange(n))
@@ -508,14 +509,14 @@ def _split(presence, counts, image_class, crop_labels):
 def test_chance_scores_by_hand():
     from agents.probe import ProbeData, chance_scores
 
-    # train: crop label 2 is the most frequent, image class 1, mean count 2.25
-    train = _split([[1, 0, 0], [0, 1, 0], [0, 1, 1], [1, 1, 0]], [1, 2, 3, 3], [0, 1, 1, -1], [2, 2, 0, 1, 2])
-    # val: category 2 never present (left out of the mean); 2 of 4 crops are label 2; 1 of 2 classed images is 1
-    val = _split([[1, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]], [2, 2, 4, 0], [1, 0, -1, -1], [2, 0, 2, 1])
+    # train: crop label 2 is the most frequent, mean count 2.25
+    train = _split([[1, 0, 0], [0, 1, 0], [0, 1, 1], [1, 1, 0]], [1, 2, 3, 3], [2, 2, 0, 1, 2])
+    # val: category 2 never present (left out of the mean); 2 of 4 crops are label 2
+    val = _split([[1, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]], [2, 2, 4, 0], [2, 0, 2, 1])
     scores = chance_scores(ProbeData(train=train, val=val, num_categories=3, view_size=4))
     assert scores["presence_map"] == pytest.approx((2 / 4 + 2 / 4) / 2)
     assert scores["box_top1"] == pytest.approx(0.5) and scores["attn_box_top1"] == scores["box_top1"]
-    assert scores["knn_top1"] == pytest.approx(0.5)
+    assert scores["knn_top1"] == scores["box_top1"]  # k-NN classifies the same crops
     assert scores["count_acc"] == pytest.approx(2 / 4)  # round(2.25) = 2 matches two of the val counts
     assert scores["count_mae"] == pytest.approx((0.25 + 0.25 + 1.75 + 2.25) / 4)
     assert scores["attn_presence_map"] == scores["presence_map"]
