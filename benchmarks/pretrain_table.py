@@ -721,7 +721,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fresh = len(todo)
     if args.reprobe:  # probe the held runs first, from their checkpoints; then train what is missing
         todo = skipped + todo
-    print(f"{fresh} runs{f' and {len(skipped)} probed again' if args.reprobe else ''}: {args.steps} steps x batch {base.batch_size}, a {base.buffer_size:,}-transition buffer "
+    again = f" and {len(skipped)} probed again" if args.reprobe else ""
+    print(f"{fresh} runs{again}: {args.steps} steps x batch {base.batch_size}, a {base.buffer_size:,}-transition buffer "
           f"at replay ratio {base.replay_ratio}, probes on {args.probe_train_images} train images; checkpoints in "
           f"{args.out_dir}", flush=True)
     probe_cache: dict[int, ProbeData] = {}
