@@ -723,8 +723,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         todo = skipped + todo
     again = f" and {len(skipped)} probed again" if args.reprobe else ""
     print(f"{fresh} runs{again}: {args.steps} steps x batch {base.batch_size}, a {base.buffer_size:,}-transition "
-          f"buffer at replay ratio {base.replay_ratio}, probes on {args.probe_train_images} train images; checkpoints in "
-          f"{args.out_dir}", flush=True)
+          f"buffer at replay ratio {base.replay_ratio}, probes on {args.probe_train_images} train images; "
+          f"checkpoints in {args.out_dir}", flush=True)
     probe_cache: dict[int, ProbeData] = {}
     for number, (seed, name) in enumerate(todo, 1):
         row = ROWS[name]
