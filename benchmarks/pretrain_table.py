@@ -220,10 +220,12 @@ def reprobe(config: PretrainConfig, data: ProbeData) -> dict[str, float]:
         payload = load_checkpoint(checkpoint)
     except CheckpointError as error:
         raise ValueError(f"--reprobe: {error}") from None
-    saved = dataclasses.replace(payload["config"], resume=False, progress=False)
-    if saved != dataclasses.replace(config, resume=False, progress=False):
-        differ = sorted(k for k, v in config_to_dict(saved).items()
-                        if v != config_to_dict(dataclasses.replace(config, resume=False, progress=False))[k])
+    # What the run was: every field but where it was written and how it was watched (the checkpoints may have moved).
+    loose = ("out", "resume", "progress", "device", "num_workers")
+    saved, wanted = ({k: v for k, v in config_to_dict(c).items() if k not in loose}
+                     for c in (payload["config"], config))
+    if saved != wanted:
+        differ = sorted(k for k in {*saved, *wanted} if saved.get(k) != wanted.get(k))
         raise ValueError(f"--reprobe: {checkpoint} is of another run ({', '.join(differ)} differ); point --out-dir "
                          "at the checkpoints of the JSON's runs")
     if payload["step"] != config.total_steps:

@@ -84,6 +84,13 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
         pretrain_table.main([*common[:2], "--out-dir", str(tmp_path / "elsewhere"), *common[4:], "--rows",
                              "ab-simclr", "--resume-json", str(results), "--reprobe"])
     assert "does not exist" in capsys.readouterr().err
+    swapped = tmp_path / "swapped" / "ab-simclr"
+    swapped.mkdir(parents=True)
+    (swapped / "seed0").symlink_to(out_dir / "labels" / "seed0")  # another row's checkpoint in its place
+    with pytest.raises(SystemExit):
+        pretrain_table.main([*common[:2], "--out-dir", str(swapped.parent), *common[4:], "--rows", "ab-simclr",
+                             "--resume-json", str(results), "--reprobe"])
+    assert "is of another run (annotations" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         pretrain_table.main([*common, "--rows", "ab-simclr", "--reprobe"])
     assert "--resume-json" in capsys.readouterr().err
