@@ -233,19 +233,19 @@ PRESETS: dict[str, Preset] = {
         "pairs (4 views per image), 1,500 steps of 256 transitions on CPU.\n"
         "Command: python -m agents.pretrain --preset shapes-labels-cpu\n"
         "Reaches (Shapes val, mean of seeds 0, 1, 2, code of commits 61d906b to 5520ec2, which differ only in "
-        "refactors; 2 CPU cores, 7.0 to 7.7 min each): presence mAP 0.450, box top-1 0.386, k-NN top-1 0.131, count "
-        "accuracy 0.229, attentive presence mAP 0.448, attentive box top-1 0.485 (random init: 0.419, 0.195, 0.114, "
-        "0.174, 0.418, 0.224; colour-grid floor: 0.405, 0.119, 0.104, 0.150, 0.406, 0.120), above random init on "
-        "every probe by more than the seed spread.",
+        "refactors; 2 CPU cores, 7.0 to 7.7 min each): presence mAP 0.450, box top-1 0.386, k-NN top-1 0.371 (object "
+        "crops, probed again at commit c789cc6), count accuracy 0.229, attentive presence mAP 0.448, attentive box "
+        "top-1 0.485 (random init: 0.419, 0.195, 0.154, 0.174, 0.418, 0.225; colour-grid floor: 0.405, 0.119, "
+        "0.186, 0.150, 0.406, 0.120), above random init and the floor on every probe by more than the seed spread.",
     ),
     "shapes-views-cpu": Preset(
         {"annotations": "views", "total_steps": 1200},
         "AB-SimCLR on Shapes at the CPU scale, 1,200 steps. Command: python -m agents.pretrain --preset "
         "shapes-views-cpu\n"
         "Reaches (Shapes val, seed 0, measured with the code of commit 61d906b on 2 CPU cores, 8.7 min): presence "
-        "mAP 0.432, box top-1 0.252, k-NN top-1 0.125, count accuracy 0.199, attentive presence mAP 0.423, "
-        "attentive box top-1 0.352 (random init: 0.421, 0.198, 0.112, 0.179, 0.424, 0.222; SimCLR at the same "
-        "1,200 steps: 0.434, 0.233, 0.113, 0.193, 0.429, 0.346).",
+        "mAP 0.432, box top-1 0.252, k-NN top-1 0.191, count accuracy 0.199, attentive presence mAP 0.423, "
+        "attentive box top-1 0.352 (random init: 0.421, 0.198, 0.148, 0.179, 0.424, 0.222; SimCLR at the same "
+        "1,200 steps: 0.434, 0.233, 0.187, 0.193, 0.429, 0.346; k-NN on object crops, probed again at c789cc6).",
     ),
     "shapes-prototypes-cpu": Preset(
         {"annotations": "prototypes", "total_steps": 1200, "dino_teacher": "sinkhorn", "augmentations": ("flip",)},
@@ -254,9 +254,9 @@ PRESETS: dict[str, Preset] = {
         "or KoLeo term (benchmarks/dino_collapse.py, docs/benchmarks.md). Command: python -m agents.pretrain "
         "--preset shapes-prototypes-cpu\n"
         "Reaches (Shapes val, seed 0, the AB-DINO row of docs/benchmarks.md, code of commit 8c801ed on 2 CPU cores, "
-        "6.5 min): presence mAP 0.436, box top-1 0.201, k-NN top-1 0.113, count accuracy 0.180, attentive presence "
-        "mAP 0.436, attentive box top-1 0.267 (random init: 0.421, 0.198, 0.112, 0.179, 0.424, 0.222; DINO at the "
-        "same steps: 0.436, 0.191, 0.111, 0.210, 0.439, 0.236).",
+        "6.5 min): presence mAP 0.436, box top-1 0.201, k-NN top-1 0.141, count accuracy 0.180, attentive presence "
+        "mAP 0.436, attentive box top-1 0.267 (random init: 0.421, 0.198, 0.148, 0.179, 0.424, 0.222; DINO at the "
+        "same steps: 0.436, 0.191, 0.145, 0.210, 0.439, 0.236; k-NN on object crops, probed again at c789cc6).",
     ),
     "shapes-captions-cpu": Preset(
         {"annotations": "captions", "total_steps": 1200, "lr": 5e-4, "augmentations": ()},
@@ -265,9 +265,9 @@ PRESETS: dict[str, Preset] = {
         "and left / right: benchmarks/clip_collapse.py, docs/gvf.md). Command: python -m agents.pretrain --preset "
         "shapes-captions-cpu\n"
         "Reaches (Shapes val, seed 0, the AB-CLIP row of docs/benchmarks.md, code of commit 0c8df7c on 2 CPU cores, "
-        "10.8 min): presence mAP 0.445, box top-1 0.229, k-NN top-1 0.112, count accuracy 0.205, attentive presence "
-        "mAP 0.442, attentive box top-1 0.291 (random init: 0.421, 0.198, 0.112, 0.179, 0.424, 0.222; CLIP at the "
-        "same steps: 0.442, 0.225, 0.122, 0.178, 0.442, 0.283).",
+        "10.8 min): presence mAP 0.445, box top-1 0.229, k-NN top-1 0.178, count accuracy 0.205, attentive presence "
+        "mAP 0.442, attentive box top-1 0.291 (random init: 0.421, 0.198, 0.148, 0.179, 0.424, 0.222; CLIP at the "
+        "same steps: 0.442, 0.225, 0.185, 0.178, 0.442, 0.283; k-NN on object crops, probed again at c789cc6).",
     ),
     "coco-views-gpu": Preset(
         {"env": "coco", "annotations": "views", "encoder": "vit_small", "obs_size": 96, "batch_size": 256,
