@@ -17,7 +17,7 @@ Probes (all trained on train features and scored on val features):
   the object crops (the box probe's crops and labels: the memory bank is the train crops). DINO's k-NN runs on
   object-centric ImageNet images; a Shapes view holds two to eight objects, and an earlier version, which classed a
   whole view by its largest object, could not rank encoders (chance 0.109, random init 0.114, the labels-trained
-  encoder 0.132; docs/benchmarks.md before commit 9df6dd7).
+  encoder 0.132; docs/benchmarks.md at commit 9df6dd7).
 - ``count_acc``, ``count_mae``: object counting (:func:`counting_probe`, meant for Shapes' 2 to 8 objects): ridge
   linear regression from whole-image features to the number of objects; accuracy of the rounded prediction and
   mean absolute error of the raw prediction.

@@ -47,8 +47,11 @@ markers.
     python benchmarks/pretrain_table.py --write-docs     # every row x 3 seeds at 1,500 steps: about 5.5 h on 2 cores
     python benchmarks/pretrain_table.py --rows random-init,colour-grid,simclr,ab-simclr --steps 1200 --write-docs
                                                          # 3 seeds: 2,319 s on 2 cores (docs/benchmarks.md)
-    python benchmarks/pretrain_table.py --quick          # 6 rows, 1 seed, 40 steps, small probes
+    python benchmarks/pretrain_table.py --quick          # 7 rows, 1 seed, 40 steps, small probes
     python benchmarks/pretrain_table.py --resume-json runs/pretrain_table.json --write-docs   # continue a run
+    python benchmarks/pretrain_table.py --resume-json runs/pretrain_table.json --reprobe --write-docs
+                                 # a probe changed: probe every held run again from its checkpoint in --out-dir
+                                 # (51 runs of docs/benchmarks.md's table: 674 s on 2 cores)
 """
 
 from __future__ import annotations
