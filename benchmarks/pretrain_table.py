@@ -211,6 +211,13 @@ def probe_only(name: str, base: PretrainConfig, seed: int, data: ProbeData) -> d
     return run_probes(encoder, data, device=base.device, progress=base.progress, seed=seed)
 
 
+def differing(saved: PretrainConfig, config: PretrainConfig,
+              ignore: Sequence[str] = ("resume", "progress")) -> list[str]:
+    """The fields, other than ``ignore``, in which a checkpoint's config differs from a run's (empty: the same run)."""
+    old, new = (config_to_dict(c) for c in (saved, config))
+    return sorted(k for k in {*old, *new} if k not in ignore and old.get(k) != new.get(k))
+
+
 def reprobe(config: PretrainConfig, data: ProbeData) -> dict[str, float]:
     """The probes of a finished run, again, from its checkpoint (``--reprobe``: for when a probe changes).
 
@@ -224,11 +231,8 @@ def reprobe(config: PretrainConfig, data: ProbeData) -> dict[str, float]:
     except CheckpointError as error:
         raise ValueError(f"--reprobe: {error}") from None
     # What the run was: every field but where it was written and how it was watched (the checkpoints may have moved).
-    loose = ("out", "resume", "progress", "device", "num_workers")
-    saved, wanted = ({k: v for k, v in config_to_dict(c).items() if k not in loose}
-                     for c in (payload["config"], config))
-    if saved != wanted:
-        differ = sorted(k for k in {*saved, *wanted} if saved.get(k) != wanted.get(k))
+    differ = differing(payload["config"], config, ("out", "resume", "progress", "device", "num_workers"))
+    if differ:
         raise ValueError(f"--reprobe: {checkpoint} is of another run ({', '.join(differ)} differ); point --out-dir "
                          "at the checkpoints of the JSON's runs")
     if payload["step"] != config.total_steps:
@@ -243,9 +247,7 @@ def pretrain_and_probe(config: PretrainConfig, data: ProbeData) -> dict[str, Any
     checkpoint = Path(config.out) / "checkpoint.pt"
     if checkpoint.is_file():
         try:
-            saved = load_checkpoint(checkpoint)["config"]
-            same = dataclasses.replace(saved, resume=False, progress=False) == dataclasses.replace(
-                config, resume=False, progress=False)
+            same = not differing(load_checkpoint(checkpoint)["config"], config)
         except CheckpointError:
             same = False
         config = dataclasses.replace(config, resume=same)
