@@ -118,14 +118,26 @@ class _Objective(nn.Module):
                             self.next_views, generator)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles).
+
+    Not oneDNN's ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: that is true on any AVX512 CPU, where oneDNN
+    emulates bf16 with AVX512BW; on such a CPU (an Intel Xeon of 2.8 GHz without AVX512-BF16, 2 cores) the
+    ``cnn`` encoder's forward and backward at 512 views of 32 px took 0.82 s under bf16 autocast against 0.61 s in
+    float32.
+    """
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(bool(check()) for check in checks if check is not None)
+
+
 def use_bf16(config: PretrainConfig, device: torch.device) -> bool:
-    """Whether the loss runs under bf16 autocast: ``config.bf16`` on CUDA, and on CPUs whose oneDNN has native bf16
-    kernels (AVX512-BF16 or AMX; elsewhere CPU bf16 is emulated and slower than float32)."""
+    """Whether the loss runs under bf16 autocast: ``config.bf16`` on CUDA, and on CPUs with native bf16 kernels
+    (:func:`native_cpu_bf16`: AVX512-BF16 or AMX; elsewhere CPU bf16 is emulated and slower than float32)."""
     if not config.bf16:
         return False
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device.type == "cpu" and native_cpu_bf16()
 
 
 def _distributed() -> tuple[int, int]:

@@ -301,3 +301,21 @@ def test_a_timm_encoder_pretrains_and_reloads(tiny_shapes, tmp_path):
     assert loaded.encoder == "timm:vit_tiny_patch16_224" and network.encoder.num_tokens == 16
     with pytest.raises(SystemExit):
         parse_config(["--encoder", "timm:"])
+
+
+def test_bf16_autocast_only_where_the_cpu_computes_bf16_natively():
+    """oneDNN calls bf16 "supported" on any AVX512 CPU, where it is emulated and slower than float32 (docstring of
+    ``native_cpu_bf16``); the rule reads the CPU's own flags, checked here against ``/proc/cpuinfo``."""
+    from agents.pretrain import native_cpu_bf16, use_bf16
+
+    cpu = torch.device("cpu")
+    assert not use_bf16(PretrainConfig(bf16=False), cpu)
+    assert use_bf16(PretrainConfig(), cpu) == native_cpu_bf16()
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from (not Linux)")
+    flags = set()
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    assert native_cpu_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
