@@ -18,7 +18,9 @@ Rows (``--rows`` takes these names, comma-separated):
   (``action_tokens=False``) and ``ab-simclr-no-target`` (``target_network=False``: the TD target from the online
   network of the step, without a gradient). Gamma 0.5 and the max backup are the ``ab-simclr`` row itself;
 - ``ab-dino-no-tokens``: AB-DINO without action tokens, compared with ``ab-dino`` (the one bootstrapped row with a
-  gain on an attentive probe beyond the seed spread).
+  gain on an attentive probe beyond the seed spread);
+- ``simclr-gray`` / ``ab-simclr-gray``: SimCLR and AB-SimCLR with random grayscale added to the base recipe's
+  augmentations (:data:`VIEWS_GRAY`).
 
 Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
 ``python -m agents.pretrain``, the CPU recipe) with the same ``total_steps`` (``--steps``), plus the row's few
@@ -118,6 +120,11 @@ PROTOTYPES = {"annotations": "prototypes", "dino_teacher": "sinkhorn", "augmenta
 #: stays at log B; at 5e-4 (CLIP's own rate) it leaves that plateau. Crops only, as CLIP trains: the hue jitter
 #: would falsify the captions' colour words and the flip their "left of" / "right of" (docs/gvf.md).
 CAPTIONS = {"annotations": "captions", "lr": 5e-4, "augmentations": ()}
+#: SimCLR's rows with random grayscale (each view grey with probability 1/2) beside the base recipe's jitter: the
+#: hue jitter (+-0.15) leaves each object's and each scene's colour recognisable across two views, so "same image"
+#: can be told by colour alone; grey views take that shortcut away half of the time.
+VIEWS_GRAY = {"annotations": "views", "augmentations": ("flip", "brightness", "contrast", "saturation", "hue",
+                                                        "grayscale")}
 ROWS: dict[str, Row] = {r.name: r for r in (
     Row("random-init", "random init", None),
     Row("colour-grid", "colour-grid floor", None),
@@ -137,12 +144,14 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ab-simclr-no-target", "AB-SimCLR, no target network", {**VIEWS, "target_network": False}),
     Row("ab-dino-no-tokens", "AB-DINO, no action tokens", {**PROTOTYPES, "bootstrap_weight": 1.0,
                                                            "action_tokens": False}),
+    Row("simclr-gray", "SimCLR (+ grayscale)", {**VIEWS_GRAY, "bootstrap_weight": 0.0}),
+    Row("ab-simclr-gray", "AB-SimCLR (+ grayscale)", {**VIEWS_GRAY, "bootstrap_weight": 1.0}),
 )}
 #: The rows that train nothing, drawn as lines across the figure's panels.
 FLOORS = ("random-init", "colour-grid", "chance")
 #: (source, base row, bootstrapped row).
 PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP", "clip", "ab-clip"),
-         ("labels", "labels", "labels-gvf"))
+         ("labels", "labels", "labels-gvf"), ("SimCLR+gray", "simclr-gray", "ab-simclr-gray"))
 #: (what the ablation changes, row, the full row it is compared with): ``ab-simclr`` (gamma 0.5, max backup, action
 #: tokens), or ``ab-dino``, the one source whose bootstrapped row beats its base on an attentive probe.
 ABLATIONS = (("gamma 0", "ab-simclr-gamma0", "ab-simclr"), ("gamma 0.9", "ab-simclr-gamma0.9", "ab-simclr"),
