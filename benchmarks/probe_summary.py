@@ -1,13 +1,15 @@
 """Mean and seed spread of the probe tables of several pretraining runs, and whether each encoder beats another.
 
 Each run directory holds the ``probe.json`` that ``python -m agents.pretrain`` writes (rows: ``pretrained``,
-``random init``, ``colour grid``, ``chance``). The table gives, per row and probe, the mean and sample standard
-deviation over the runs; the verdicts compare ``pretrained`` with every other row: a difference "beyond the seed
-spread" exceeds the standard deviation of a difference of two independent runs (``hypot(std_a, std_b)``), the
-yardstick of ``benchmarks/pretrain_table.py``.
+``random init``, ``colour grid``, ``chance``); the ``--out`` files of ``python -m agents.probe --random-init`` are
+read too (the same rows, the first named after the encoder probed). The table gives, per row and probe, the mean
+and sample standard deviation over the runs; the verdicts compare the first row (``pretrained``) with every other
+row: a difference "beyond the seed spread" exceeds the standard deviation of a difference of two independent runs
+(``hypot(std_a, std_b)``), the yardstick of ``benchmarks/pretrain_table.py``.
 
     for seed in 0 1 2; do python -m agents.pretrain --seed $seed --out runs/default-seed$seed; done
     python benchmarks/probe_summary.py runs/default-seed0 runs/default-seed1 runs/default-seed2
+    python benchmarks/probe_summary.py probe-seed0.json probe-seed1.json probe-seed2.json  # agents.probe --out
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ LOWER_BETTER = ("count_mae",)
 
 
 def load(runs: Sequence[Path]) -> list[dict[str, dict[str, float]]]:
-    """The ``probe.json`` tables of ``runs`` (directories or the files themselves).
+    """The ``probe.json`` tables of ``runs`` (directories or the files themselves), or the ``--out`` files of
+    ``python -m agents.probe`` (their ``scores``, whose first row is the probed encoder: ``checkpoint``, ``export``
+    or a timm name).
 
     Raises:
         ValueError: A run has no ``probe.json``, it is not a probe table, or the runs have different rows or keys.
@@ -40,6 +44,8 @@ def load(runs: Sequence[Path]) -> list[dict[str, dict[str, float]]]:
             raise ValueError(f"{path} not found: pass run directories of agents.pretrain (with probe.json)")
         try:
             table = json.loads(path.read_text())
+            if isinstance(table, dict) and isinstance(table.get("scores"), dict) and "protocol" in table:
+                table = table["scores"]  # python -m agents.probe --out
             if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
                 raise ValueError("not a mapping of rows to scores")
         except ValueError as error:
@@ -67,8 +73,10 @@ def summarise(tables: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[s
     return out
 
 
-def verdicts(summary: dict[str, dict[str, tuple[float, float]]], row: str = "pretrained") -> list[str]:
-    """One sentence per other row: the probes where ``row`` is better beyond the seed spread, and the others."""
+def verdicts(summary: dict[str, dict[str, tuple[float, float]]], row: str | None = None) -> list[str]:
+    """One sentence per other row: the probes where ``row`` (default: the first row, the encoder the runs trained or
+    probed) is better beyond the seed spread, and the others."""
+    row = next(iter(summary)) if row is None else row
     lines = []
     for other in summary:
         if other == row:

@@ -242,3 +242,24 @@ def test_clip_collapse_smallest_run(tiny_shapes, tmp_path, capsys):
     with pytest.raises(SystemExit):
         clip_collapse.main(["--variants", "no-such-variant"])
     assert "--variants ['no-such-variant'] is invalid" in capsys.readouterr().err
+
+
+def test_probe_summary_reads_the_probe_commands_output(tmp_path, capsys):
+    """``python -m agents.probe --out`` files (scores under ``scores``, the first row named after the encoder) are
+    summarised like the pretrainer's probe.json, the first row compared with the others."""
+    import json
+
+    import probe_summary
+
+    files = []
+    for i, (probed, random) in enumerate(((0.30, 0.20), (0.32, 0.20), (0.34, 0.20))):
+        path = tmp_path / f"probe-seed{i}.json"
+        path.write_text(json.dumps({"source": {"checkpoint": "x"}, "protocol": {"seed": i}, "scores": {
+            "checkpoint": {"box_top1": probed}, "random init": {"box_top1": random}}}))
+        files.append(path)
+    summary = probe_summary.summarise(probe_summary.load(files))
+    assert summary["checkpoint"]["box_top1"] == pytest.approx((0.32, 0.02))
+    assert probe_summary.verdicts(summary) == ["checkpoint vs random init: better beyond the seed spread on 1 of 1 "
+                                               "probes (box_top1 +0.120); not on: none."]
+    assert probe_summary.main([str(f) for f in files]) == 0
+    assert "| checkpoint | 0.320 ± 0.020 |" in capsys.readouterr().out
