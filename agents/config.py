@@ -240,13 +240,18 @@ PRESETS: dict[str, Preset] = {
         "0.186, 0.150, 0.406, 0.120), above random init and the floor on every probe by more than the seed spread.",
     ),
     "shapes-views-cpu": Preset(
-        {"annotations": "views", "total_steps": 1200},
-        "AB-SimCLR on Shapes at the CPU scale, 1,200 steps. Command: python -m agents.pretrain --preset "
+        {"annotations": "views", "total_steps": 1200,
+         "augmentations": ("flip", "brightness", "contrast", "saturation", "hue", "grayscale")},
+        "AB-SimCLR on Shapes at the CPU scale, 1,200 steps, with random grayscale beside the default jitter (the hue "
+        "jitter leaves colours recognisable across views, so SimCLR can match views by colour; grey views take that "
+        "shortcut away: the grayscale rows of docs/benchmarks.md). Command: python -m agents.pretrain --preset "
         "shapes-views-cpu\n"
-        "Reaches (Shapes val, seed 0, measured with the code of commit 61d906b on 2 CPU cores, 8.7 min): presence "
-        "mAP 0.432, box top-1 0.252, k-NN top-1 0.191, count accuracy 0.199, attentive presence mAP 0.423, "
-        "attentive box top-1 0.352 (random init: 0.421, 0.198, 0.148, 0.179, 0.424, 0.222; SimCLR at the same "
-        "1,200 steps: 0.434, 0.233, 0.187, 0.193, 0.429, 0.346; k-NN on object crops, probed again at c789cc6).",
+        "Reaches (Shapes val, seed 0, the AB-SimCLR (+ grayscale) row of docs/benchmarks.md, code of commit f6a6cae on "
+        "2 Intel Xeon cores in float32, 17 min): presence mAP 0.433, box top-1 0.256, k-NN top-1 0.226, count "
+        "accuracy 0.221, attentive presence mAP 0.417, attentive box top-1 0.355 (random init on that machine: 0.421, "
+        "0.202, 0.155, 0.184, 0.419, 0.228; colour grid k-NN 0.192; SimCLR with grayscale at the same 1,200 steps: "
+        "0.432, 0.258, 0.214, 0.206, 0.424, 0.341). Without grayscale (commit 61d906b, probed again at c789cc6): "
+        "0.432, 0.252, 0.191, 0.199, 0.423, 0.352.",
     ),
     "shapes-prototypes-cpu": Preset(
         {"annotations": "prototypes", "total_steps": 1200, "dino_teacher": "sinkhorn", "augmentations": ("flip",)},
