@@ -23,6 +23,8 @@ from view_env import AUGMENTATIONS, EnvParams
 ENV_NAMES = ("shapes", "coco", "images", "video", "webdataset")
 #: Behaviour policies the pretrainer can collect with (see :mod:`agents.collect`).
 POLICY_NAMES = ("rrc", "uniform")
+#: The default augmentations of the collected views: flips and colour jitter.
+DEFAULT_AUGMENTATIONS: tuple[str, ...] = ("flip", "brightness", "contrast", "saturation", "hue")
 
 
 def check_env_value(name: str, value: Any) -> None:
@@ -110,7 +112,7 @@ class PretrainConfig:
                                  "filled, ``batch_size / replay_ratio`` fresh transitions enter it per step.")
     num_envs: int = option(64, "Environments collecting (per process), one episode each per round.")
     max_episode_steps: int = option(16, "Episode length of the ``uniform`` random walk.")
-    augmentations: tuple[str, ...] = option(("flip", "brightness", "contrast", "saturation", "hue"),
+    augmentations: tuple[str, ...] = option(DEFAULT_AUGMENTATIONS,
                                             "Augmentations of the collected views (comma-separated on the command "
                                             "line).")
     max_pan: float = option(0.5, "Largest pan of one random-walk move, in view widths.")
@@ -241,7 +243,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "shapes-views-cpu": Preset(
         {"annotations": "views", "total_steps": 1200,
-         "augmentations": ("flip", "brightness", "contrast", "saturation", "hue", "grayscale")},
+         "augmentations": (*DEFAULT_AUGMENTATIONS, "grayscale")},
         "AB-SimCLR on Shapes at the CPU scale, 1,200 steps, with random grayscale beside the default jitter (the hue "
         "jitter leaves colours recognisable across views, so SimCLR can match views by colour; grey views take that "
         "shortcut away: the grayscale rows of docs/benchmarks.md). Command: python -m agents.pretrain --preset "

@@ -75,7 +75,7 @@ from common import DOCS, ROOT, commit, machine, relative, write_section
 from agents import cli
 from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_encoder
 from agents.cli import check, flag_name, option
-from agents.config import PretrainConfig
+from agents.config import DEFAULT_AUGMENTATIONS, PretrainConfig
 from agents.network import random_init_encoder
 from agents.pretrain import curve_log_dir, probe_set, read_curves, train
 from agents.probe import ColourGridEncoder, ProbeData, chance_scores, run_probes
@@ -123,8 +123,7 @@ CAPTIONS = {"annotations": "captions", "lr": 5e-4, "augmentations": ()}
 #: SimCLR's rows with random grayscale (each view grey with probability 1/2) beside the base recipe's jitter: the
 #: hue jitter (+-0.15) leaves each object's and each scene's colour recognisable across two views, so "same image"
 #: can be told by colour alone; grey views take that shortcut away half of the time.
-VIEWS_GRAY = {"annotations": "views", "augmentations": ("flip", "brightness", "contrast", "saturation", "hue",
-                                                        "grayscale")}
+VIEWS_GRAY = {"annotations": "views", "augmentations": (*DEFAULT_AUGMENTATIONS, "grayscale")}
 ROWS: dict[str, Row] = {r.name: r for r in (
     Row("random-init", "random init", None),
     Row("colour-grid", "colour-grid floor", None),
