@@ -8,7 +8,8 @@ Rows (``--rows`` takes these names, comma-separated):
   probed only): what colour and coarse layout alone score;
 - ``chance``: what each probe scores without looking at the image (``agents.probe.chance_scores``: the val
   prevalence for presence, the most frequent train label for box and k-NN, the train mean count);
-- ``simclr`` / ``ab-simclr``: ``annotations="views"``, bootstrap weight 0 / 1;
+- ``simclr`` / ``ab-simclr``: ``annotations="views"``, bootstrap weight 0 / 1, with random grayscale beside the
+  base recipe's flips and colour jitter (:data:`VIEWS`);
 - ``dino`` / ``ab-dino``: ``annotations="prototypes"``, 0 / 1, with a Sinkhorn-Knopp teacher and flips only
   (:data:`PROTOTYPES`);
 - ``clip`` / ``ab-clip``: ``annotations="captions"``, 0 / 1, at lr 5e-4 and crops only (:data:`CAPTIONS`);
@@ -19,8 +20,8 @@ Rows (``--rows`` takes these names, comma-separated):
   network of the step, without a gradient). Gamma 0.5 and the max backup are the ``ab-simclr`` row itself;
 - ``ab-dino-no-tokens``: AB-DINO without action tokens, compared with ``ab-dino`` (the one bootstrapped row with a
   gain on an attentive probe beyond the seed spread);
-- ``simclr-gray`` / ``ab-simclr-gray``: SimCLR and AB-SimCLR with random grayscale added to the base recipe's
-  augmentations (:data:`VIEWS_GRAY`).
+- ``simclr-no-gray`` / ``ab-simclr-no-gray``: SimCLR and AB-SimCLR with the base recipe's augmentations alone
+  (no grayscale: :data:`VIEWS_NO_GRAY`), the SimCLR rows of the table before grayscale was added.
 
 Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
 ``python -m agents.pretrain``, the CPU recipe) with the same ``total_steps`` (``--steps``), plus the row's few
@@ -36,7 +37,10 @@ count accuracy and MAE, and the attentive probes' box top-1 and presence mAP) on
 (``--probe-train-images`` train images drawn with the seed, the whole val
 split unless ``--probe-val-images``). Each trained row probes only its pretrained encoder (from its checkpoint); the
 random-init encoder and the colour-grid floor are probed once per seed (the random-init encoder is the same for every
-row: it is built first from the torch seed ``seed + 1``, as in ``agents.pretrain``). The table gives the mean and
+row: it is built first from the torch seed ``seed + 1``, as in ``agents.pretrain``), and probed again on every
+other machine that probes a trained run of the seed, since the same encoder's scores differ by a few thousandths
+between CPUs: each trained run is set against the floors probed on its own machine (:data:`MACHINE_REFERENCES`;
+the table shows a floor's other machines in rows under it). The table gives the mean and
 the sample standard deviation over seeds; each run also records the diagnostics of its last 10% of steps (the
 bootstrap cross-entropy, the entropy of the TD targets against that of a uniform target, the target network's
 drift and the fraction of time spent collecting).
@@ -70,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from common import DOCS, ROOT, commit, machine, relative, write_section
 
 from agents import cli
@@ -77,7 +82,7 @@ from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, 
 from agents.cli import check, flag_name, option
 from agents.config import DEFAULT_AUGMENTATIONS, PretrainConfig
 from agents.network import random_init_encoder
-from agents.pretrain import curve_log_dir, probe_set, read_curves, train
+from agents.pretrain import curve_log_dir, probe_set, read_curves, train, use_bf16
 from agents.probe import ColourGridEncoder, ProbeData, chance_scores, run_probes
 
 FIGURE = ROOT / "docs" / "figures" / "pretrain_table.png"
@@ -111,7 +116,11 @@ class Row:
     overrides: dict[str, Any] | None
 
 
-VIEWS = {"annotations": "views", "bootstrap_weight": 1.0}
+#: SimCLR's rows: random grayscale (each view grey with probability 1/2) beside the base recipe's jitter, as SimCLR's
+#: own recipe has it: the hue jitter (+-0.15) leaves each object's and each scene's colour recognisable across two
+#: views, so "same image" can be told by colour alone; grey views take that shortcut away half of the time. Without
+#: it SimCLR's k-NN stayed at the colour-grid floor (the ``simclr-no-gray`` rows).
+VIEWS = {"annotations": "views", "bootstrap_weight": 1.0, "augmentations": (*DEFAULT_AUGMENTATIONS, "grayscale")}
 #: DINO's rows: with the colour jitter of the base recipe DINO's teacher is uniform within 100 steps whatever the
 #: teacher (centring or Sinkhorn-Knopp), its temperature, the EMA or KoLeo; without it a Sinkhorn-Knopp teacher
 #: learns (benchmarks/dino_collapse.py, docs/benchmarks.md).
@@ -120,15 +129,13 @@ PROTOTYPES = {"annotations": "prototypes", "dino_teacher": "sinkhorn", "augmenta
 #: stays at log B; at 5e-4 (CLIP's own rate) it leaves that plateau. Crops only, as CLIP trains: the hue jitter
 #: would falsify the captions' colour words and the flip their "left of" / "right of" (docs/gvf.md).
 CAPTIONS = {"annotations": "captions", "lr": 5e-4, "augmentations": ()}
-#: SimCLR's rows with random grayscale (each view grey with probability 1/2) beside the base recipe's jitter: the
-#: hue jitter (+-0.15) leaves each object's and each scene's colour recognisable across two views, so "same image"
-#: can be told by colour alone; grey views take that shortcut away half of the time.
-VIEWS_GRAY = {"annotations": "views", "augmentations": (*DEFAULT_AUGMENTATIONS, "grayscale")}
+#: SimCLR's rows of the base recipe's augmentations (flips and colour jitter, no grayscale).
+VIEWS_NO_GRAY = {"annotations": "views", "augmentations": DEFAULT_AUGMENTATIONS}
 ROWS: dict[str, Row] = {r.name: r for r in (
     Row("random-init", "random init", None),
     Row("colour-grid", "colour-grid floor", None),
     Row("chance", "chance (image-blind)", None),
-    Row("simclr", "SimCLR", {"annotations": "views", "bootstrap_weight": 0.0}),
+    Row("simclr", "SimCLR", {**VIEWS, "bootstrap_weight": 0.0}),
     Row("ab-simclr", "AB-SimCLR", VIEWS),
     Row("dino", "DINO (Sinkhorn-Knopp, flip only)", {**PROTOTYPES, "bootstrap_weight": 0.0}),
     Row("ab-dino", "AB-DINO (Sinkhorn-Knopp, flip only)", {**PROTOTYPES, "bootstrap_weight": 1.0}),
@@ -143,14 +150,19 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ab-simclr-no-target", "AB-SimCLR, no target network", {**VIEWS, "target_network": False}),
     Row("ab-dino-no-tokens", "AB-DINO, no action tokens", {**PROTOTYPES, "bootstrap_weight": 1.0,
                                                            "action_tokens": False}),
-    Row("simclr-gray", "SimCLR (+ grayscale)", {**VIEWS_GRAY, "bootstrap_weight": 0.0}),
-    Row("ab-simclr-gray", "AB-SimCLR (+ grayscale)", {**VIEWS_GRAY, "bootstrap_weight": 1.0}),
+    Row("simclr-no-gray", "SimCLR (no grayscale)", {**VIEWS_NO_GRAY, "bootstrap_weight": 0.0}),
+    Row("ab-simclr-no-gray", "AB-SimCLR (no grayscale)", {**VIEWS_NO_GRAY, "bootstrap_weight": 1.0}),
 )}
 #: The rows that train nothing, drawn as lines across the figure's panels.
 FLOORS = ("random-init", "colour-grid", "chance")
+#: The floors whose probes depend on the machine: an encoder's features and the probes fitted on them are float32
+#: computations whose rounding differs between CPUs (random init, seed 0, attentive presence mAP: 0.424 on an AMD
+#: EPYC, 0.419 on an Intel Xeon). They are probed again on every machine that probes a trained run of the seed, and
+#: each trained run is set against the ones probed on its own machine. Chance is image-blind arithmetic.
+MACHINE_REFERENCES = ("random-init", "colour-grid")
 #: (source, base row, bootstrapped row).
 PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP", "clip", "ab-clip"),
-         ("labels", "labels", "labels-gvf"), ("SimCLR+gray", "simclr-gray", "ab-simclr-gray"))
+         ("labels", "labels", "labels-gvf"), ("SimCLR, no gray", "simclr-no-gray", "ab-simclr-no-gray"))
 #: (what the ablation changes, row, the full row it is compared with): ``ab-simclr`` (gamma 0.5, max backup, action
 #: tokens), or ``ab-dino``, the one source whose bootstrapped row beats its base on an attentive probe.
 ABLATIONS = (("gamma 0", "ab-simclr-gamma0", "ab-simclr"), ("gamma 0.9", "ab-simclr-gamma0.9", "ab-simclr"),
@@ -250,6 +262,34 @@ def reprobe(config: PretrainConfig, data: ProbeData) -> dict[str, float]:
     return run_probes(encoder, data, device=config.device, progress=config.progress, seed=config.seed)
 
 
+def probed_on(result: dict[str, Any]) -> str | None:
+    """The machine whose probes a run's ``probes`` are: the last ``--reprobe``'s, or the run's own."""
+    return (result.get("reprobed") or {}).get("machine") or result.get("machine")
+
+
+def reference_probes(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """A floor run's probes per machine (:data:`MACHINE_REFERENCES`): its ``probes`` on the machine that made them,
+    and those of other machines under ``by_machine``."""
+    found = dict(result.get("by_machine", {}))
+    machine_name = probed_on(result)
+    if machine_name is not None:
+        found[machine_name] = result["probes"]
+    return found
+
+
+def missing_references(runs: dict[str, dict[str, Any]], here: str) -> list[tuple[int, str]]:
+    """The (seed, floor) pairs to probe on machine ``here``: a trained run of the seed was probed here, and the
+    floor's run of that seed (held in ``runs``) has no probes of this machine."""
+    todo = []
+    for name in MACHINE_REFERENCES:
+        for seed, result in runs.get(name, {}).items():
+            trained_here = any(probed_on(per_row[seed]) == here for row, per_row in runs.items()
+                               if row in ROWS and ROWS[row].overrides is not None and seed in per_row)
+            if trained_here and here not in reference_probes(result):
+                todo.append((int(seed), name))
+    return sorted(todo)
+
+
 def pretrain_and_probe(config: PretrainConfig, data: ProbeData) -> dict[str, Any]:
     """Train one row for one seed (continuing its checkpoint when it is of this exact run) and probe it."""
     checkpoint = Path(config.out) / "checkpoint.pt"
@@ -274,25 +314,56 @@ def pretrain_and_probe(config: PretrainConfig, data: ProbeData) -> dict[str, Any
     return {"probes": probes, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu, "curves": curves,
             "probe_seconds": time.perf_counter() - began, "diagnostics": diagnostics,
             "steps": summary["step"], "first_loss": summary["first_loss"], "last_loss": summary["last_loss"],
-            "resumed_checkpoint": config.resume}
+            "resumed_checkpoint": config.resume,
+            # What the loss ran in: ``--bf16`` autocasts only where the hardware computes bf16 natively.
+            "precision": "bf16" if use_bf16(config, torch.device(config.device)) else "float32"}
 
 
 # ------------------------------------------------------------------------------------------ table and reading
 
 
+def _statistics(probes: list[dict[str, float]]) -> dict[str, Any]:
+    """``n`` and, per probe, the mean and sample std (ddof 1; 0 for one value)."""
+    entry: dict[str, Any] = {"n": len(probes)}
+    for key in PROBES:
+        values = np.array([p[key] for p in probes], dtype=float)
+        entry[key] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+    return entry
+
+
 def aggregate(runs: dict[str, dict[str, Any]], seeds: int) -> dict[str, dict[str, Any]]:
-    """Per row: the seeds used, and the mean and sample std (ddof 1; 0 for one seed) of every probe."""
+    """Per row: the seeds used, and the mean and sample std (ddof 1; 0 for one seed) of every probe.
+
+    A floor of :data:`MACHINE_REFERENCES` also gets ``machines``: its statistics per other machine that probed every
+    one of its seeds. A trained row gets ``versus``: per such floor, the floor's statistics over the same seeds, each
+    seed's probes taken from the machine that probed the row's run of that seed (``unmatched``: seeds for which that
+    machine has none, which fall back to the floor's own ``probes``).
+    """
     table = {}
     for name in ROWS:
-        per_seed = [runs[name][str(s)] for s in range(seeds) if str(s) in runs.get(name, {})]
+        per_seed = {str(s): runs[name][str(s)] for s in range(seeds) if str(s) in runs.get(name, {})}
         if not per_seed:
             continue
-        entry: dict[str, Any] = {"n": len(per_seed)}
-        for key in PROBES:
-            values = np.array([r["probes"][key] for r in per_seed], dtype=float)
-            entry[key] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
-        seconds = [r.get("train_seconds") for r in per_seed if r.get("train_seconds") is not None]
+        entry = _statistics([r["probes"] for r in per_seed.values()])
+        seconds = [r.get("train_seconds") for r in per_seed.values() if r.get("train_seconds") is not None]
         entry["train_seconds"] = float(np.mean(seconds)) if seconds else None
+        if name in MACHINE_REFERENCES:
+            by_machine = [reference_probes(r) for r in per_seed.values()]
+            primary = {probed_on(r) for r in per_seed.values()}
+            shared = set.intersection(*(set(m) for m in by_machine)) - (primary if len(primary) == 1 else set())
+            entry["machines"] = {m: _statistics([b[m] for b in by_machine]) for m in sorted(shared)}
+        elif ROWS[name].overrides is not None:
+            entry["versus"] = {}
+            for reference in MACHINE_REFERENCES:
+                held = runs.get(reference, {})
+                if not all(seed in held for seed in per_seed):
+                    continue
+                matched, unmatched = [], 0
+                for seed, result in per_seed.items():
+                    probes = reference_probes(held[seed]).get(probed_on(result))
+                    unmatched += probes is None
+                    matched.append(held[seed]["probes"] if probes is None else probes)
+                entry["versus"][reference] = {**_statistics(matched), "unmatched": unmatched}
         table[name] = entry
     return table
 
@@ -308,6 +379,10 @@ def render_table(table: dict[str, dict[str, Any]]) -> str:
             cells.append(f"{mean:.3f} ± {std:.3f}" if entry["n"] > 1 else f"{mean:.3f}")
         seconds = "" if entry["train_seconds"] is None else f"{entry['train_seconds']:.0f}"
         lines.append(f"| {ROWS[name].label} | {entry['n']} | " + " | ".join(cells) + f" | {seconds} |")
+        for machine_name, other in entry.get("machines", {}).items():  # the same floor, probed on another machine
+            cells = [f"{m:.3f} ± {sd:.3f}" if other["n"] > 1 else f"{m:.3f}" for m, sd in (other[k] for k in PROBES)]
+            lines.append(f"| {ROWS[name].label}, probed on {machine_name.split(',')[0]} | {other['n']} | "
+                         + " | ".join(cells) + " |  |")
     return "\n".join(lines)
 
 
@@ -315,12 +390,14 @@ def compare(table: dict[str, dict[str, Any]], other: str, reference: str) -> dic
     """Differences ``other - reference`` per probe, whether each is an improvement, and whether it exceeds the
     seed spread (the standard deviation of a difference of two independent runs)."""
     out = {}
+    # A floor probed on several machines: the one probed where ``other`` was (aggregate's ``versus``).
+    ref = table[other].get("versus", {}).get(reference, table[reference])
     for key, (_, up) in PROBES.items():
-        (a, sa), (b, sb) = table[other][key], table[reference][key]
+        (a, sa), (b, sb) = table[other][key], ref[key]
         delta = a - b
         spread = math.hypot(sa, sb)
         out[key] = {"delta": delta, "better": delta > 0 if up else delta < 0,
-                    "beyond_spread": min(table[other]["n"], table[reference]["n"]) > 1 and abs(delta) > spread}
+                    "beyond_spread": min(table[other]["n"], ref["n"]) > 1 and abs(delta) > spread}
     return out
 
 
@@ -429,6 +506,21 @@ def _attentive_reading(table: dict[str, dict[str, Any]]) -> list[str]:
     return ["On the attentive probes, where the paper's gains show, AB-X minus X: " + "; ".join(verdicts) + "."]
 
 
+def _machines_reading(table: dict[str, dict[str, Any]]) -> list[str]:
+    """Which floors were probed on more than one machine, and the trained rows set against a floor of another."""
+    several = [ROWS[name].label for name in MACHINE_REFERENCES if table.get(name, {}).get("machines")]
+    unmatched = sorted({f"{ROWS[name].label} ({ROWS[ref].label}, {v['unmatched']} of {v['n']} seeds)"
+                        for name, e in table.items() for ref, v in e.get("versus", {}).items() if v["unmatched"]})
+    lines = []
+    if several:
+        lines.append(f"Probed on more than one machine: {', '.join(several)} (the rows under them); each trained "
+                     "row is set against the ones probed on the machine that probed it.")
+    if unmatched:
+        lines.append("Set against a floor probed on another machine (no probes of theirs on the run's machine): "
+                     f"{'; '.join(unmatched)}.")
+    return lines
+
+
 def reading(table: dict[str, dict[str, Any]]) -> list[str]:
     """Plain sentences of what the table shows, from its numbers only."""
     seeded = min((e["n"] for e in table.values()), default=0) > 1
@@ -441,6 +533,7 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
         lines += _random_init_reading(table, seeded)
     lines += _floors_reading(table, seeded)
     lines += _attentive_reading(table)
+    lines += _machines_reading(table)
     if not seeded and lines:
         lines.append("One seed only: no spread is measured, so no difference here can be told apart from seed noise.")
     return lines
@@ -757,6 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error(str(error))
             result = {**held, "probes": probes, "probe_seconds": time.perf_counter() - began,
                       "reprobed": {"machine": machine(), "commit": commit()}}
+            result.pop("by_machine", None)  # other machines' probes of a floor are of the probes before the change
         elif row.overrides is None:
             result = {"probes": probe_only(name, base, seed, data), "train_seconds": None,
                       "probe_seconds": time.perf_counter() - began}
@@ -771,6 +865,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if result.get("first_loss") is not None else "")
         print(f"[{number}/{len(todo)}] {name} seed {seed}: {time.perf_counter() - began:.0f} s{loss}; {scores}",
               flush=True)
+    references = missing_references(runs, machine())
+    for number, (seed, name) in enumerate(references, 1):  # the floors of seeds trained here, probed here too
+        if seed not in probe_cache:
+            probe_cache.clear()
+            probe_cache[seed] = probe_set(dataclasses.replace(base, seed=seed), args.probe_val_images)
+        began = time.perf_counter()
+        runs[name][str(seed)].setdefault("by_machine", {})[machine()] = probe_only(name, base, seed,
+                                                                                   probe_cache[seed])
+        _write_json(args.json, document)
+        print(f"[{number}/{len(references)}] {name} seed {seed} probed on this machine too (a run of the seed was "
+              f"probed here): {time.perf_counter() - began:.0f} s", flush=True)
     wall = time.perf_counter() - started
     document["invocations"].append({"command": command, "wall_seconds": wall, "runs": fresh,
                                     "reprobed": len(skipped) if args.reprobe else 0,

@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import pretrain_table  # noqa: E402
 
+from agents.pretrain import native_cpu_bf16  # noqa: E402
+
 TINY = ["--set", "obs_size=32", "embed_dim=32", "value_depth=1", "value_dim=32",
         "num_next_actions=4", "batch_size=8", "num_envs=4", "--buffer-size", "64", "--steps", "2", "--seeds", "1"]
 
@@ -36,6 +38,7 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     assert all(0 <= v <= 1 for k, v in chance.items() if k != "count_mae") and chance["count_mae"] > 0
     run = first["runs"]["ab-simclr"]["0"]
     assert run["steps"] == 2 and set(run["probes"]) == set(pretrain_table.PROBES)
+    assert run["precision"] == ("bf16" if native_cpu_bf16() else "float32")  # bf16 autocast only where native
     assert set(pretrain_table.DIAGNOSTICS) <= set(run["diagnostics"])
     # The run's TensorBoard curves, read back into the JSON, and drawn beside the table.
     assert set(run["curves"]) == set(pretrain_table.CURVE_TAGS)
@@ -62,6 +65,23 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     assert set(second["runs"]) == {"random-init", "colour-grid", "chance", "ab-simclr", "labels"}
     assert len(second["invocations"]) == 2
     assert "| labels base |" in out
+
+    # Floors probed on another machine are probed here too once a run of their seed is probed here.
+    moved = json.loads(results.read_text())
+    for row in ("random-init", "colour-grid"):
+        moved["runs"][row]["0"]["machine"] = "Another CPU, 2 cores"
+    results.write_text(json.dumps(moved))
+    assert pretrain_table.main([*common, "--rows", "random-init,ab-simclr", "--resume-json", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "random-init seed 0 probed on this machine too" in out and "colour-grid seed 0 probed on" in out
+    here = json.loads(results.read_text())
+    for row in ("random-init", "colour-grid"):
+        held = here["runs"][row]["0"]
+        assert held["machine"] == "Another CPU, 2 cores" and held["probes"] == second["runs"][row]["0"]["probes"]
+        (again,) = held["by_machine"].values()  # this machine's probes: the same encoder, the same probes
+        assert again == held["probes"]
+    assert "| random init, probed on" in out and "Probed on more than one machine" in out
+    results.write_text(json.dumps(second))
 
     # --reprobe probes the held runs again from their checkpoints and keeps their training results.
     stale = json.loads(results.read_text())
@@ -211,3 +231,44 @@ def test_an_ablation_is_read_and_drawn_against_its_own_full_row(tmp_path):
     figure = tmp_path / "table.png"
     pretrain_table.plot(table, figure)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_floors_are_matched_to_the_machine_that_probed_each_run():
+    def probes(value):
+        return dict.fromkeys(pretrain_table.PROBES, value)
+
+    def run(value, machine, **extra):
+        return {"probes": probes(value), "machine": machine, **extra}
+
+    amd, xeon, other = "AMD EPYC, 2 cores, torch", "Intel Xeon, 2 cores, torch", "Apple M2, 8 cores, torch"
+    # random init probed on the AMD machine (0.30, 0.31, 0.32) and again on the Xeon (0.35, 0.36, 0.37); SimCLR
+    # trained and probed on the Xeon (0.34, ...): above the AMD floor, below the Xeon one.
+    runs = {"random-init": {str(s): run(0.30 + 0.01 * s, amd, by_machine={xeon: probes(0.35 + 0.01 * s)})
+                            for s in range(3)},
+            "simclr": {str(s): run(0.34 + 0.01 * s, xeon) for s in range(3)},
+            "ab-simclr": {str(s): run(0.40, amd, reprobed={"machine": other}) for s in range(3)}}
+    assert pretrain_table.probed_on(runs["ab-simclr"]["0"]) == other  # --reprobe's machine, not the training's
+    assert pretrain_table.reference_probes(runs["random-init"]["1"]) == {amd: probes(0.31), xeon: probes(0.36)}
+    # The AB-SimCLR runs were last probed on a third machine: random init has to be probed there (only there).
+    assert pretrain_table.missing_references(runs, other) == [(0, "random-init"), (1, "random-init"),
+                                                              (2, "random-init")]
+    assert pretrain_table.missing_references(runs, xeon) == []
+    assert pretrain_table.missing_references(runs, "a machine that probed nothing") == []
+
+    table = pretrain_table.aggregate(runs, 3)
+    assert table["random-init"]["presence_map"] == pytest.approx((0.31, 0.01))  # its own row: the first machine
+    assert table["random-init"]["machines"][xeon]["presence_map"] == pytest.approx((0.36, 0.01))
+    assert table["simclr"]["versus"]["random-init"]["presence_map"] == pytest.approx((0.36, 0.01))
+    assert table["simclr"]["versus"]["random-init"]["unmatched"] == 0
+    assert table["ab-simclr"]["versus"]["random-init"]["unmatched"] == 3  # falls back to the row's own probes
+    diff = pretrain_table.compare(table, "simclr", "random-init")["presence_map"]
+    assert diff["delta"] == pytest.approx(-0.01) and not diff["better"]  # against the AMD row it would be +0.04
+    text = pretrain_table.render_table(table)
+    assert "| random init | 3 | 0.310 ± 0.010 |" in text
+    assert "| random init, probed on Intel Xeon | 3 | 0.360 ± 0.010 |" in text
+    lines = pretrain_table.reading(table)
+    assert "Not: SimCLR." in next(line for line in lines if line.startswith("Above the random-init encoder on"))
+    assert ("Probed on more than one machine: random init (the rows under them); each trained row is set against "
+            "the ones probed on the machine that probed it.") in lines
+    assert ("Set against a floor probed on another machine (no probes of theirs on the run's machine): AB-SimCLR "
+            "(random init, 3 of 3 seeds).") in lines
