@@ -267,14 +267,22 @@ def probed_on(result: dict[str, Any]) -> str | None:
     return (result.get("reprobed") or {}).get("machine") or result.get("machine")
 
 
-def reference_probes(result: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """A floor run's probes per machine (:data:`MACHINE_REFERENCES`): its ``probes`` on the machine that made them,
-    and those of other machines under ``by_machine``."""
-    found = dict(result.get("by_machine", {}))
-    machine_name = probed_on(result)
-    if machine_name is not None:
-        found[machine_name] = result["probes"]
+def reference_probes(result: dict[str, Any]) -> dict[str | None, dict[str, float]]:
+    """A floor run's probes per machine (:data:`MACHINE_REFERENCES`): its ``probes`` on the machine that made them
+    (``None`` where the run recorded none), and those of other machines under ``by_machine``."""
+    found = {name: entry["probes"] for name, entry in result.get("by_machine", {}).items()}
+    found[probed_on(result)] = result["probes"]
     return found
+
+
+def machine_label(name: str | None) -> str:
+    """A machine string of :func:`common.machine` without its software: the CPU model and core count."""
+    return "an unrecorded machine" if name is None else name.split(", torch")[0]
+
+
+def recorded_overrides(row: Row) -> dict[str, Any]:
+    """``row.overrides`` as the JSON stores them (tuples as lists): what each run records, and resuming checks."""
+    return json.loads(json.dumps(row.overrides))
 
 
 def missing_references(runs: dict[str, dict[str, Any]], here: str) -> list[tuple[int, str]]:
@@ -334,10 +342,12 @@ def _statistics(probes: list[dict[str, float]]) -> dict[str, Any]:
 def aggregate(runs: dict[str, dict[str, Any]], seeds: int) -> dict[str, dict[str, Any]]:
     """Per row: the seeds used, and the mean and sample std (ddof 1; 0 for one seed) of every probe.
 
-    A floor of :data:`MACHINE_REFERENCES` also gets ``machines``: its statistics per other machine that probed every
-    one of its seeds. A trained row gets ``versus``: per such floor, the floor's statistics over the same seeds, each
-    seed's probes taken from the machine that probed the row's run of that seed (``unmatched``: seeds for which that
-    machine has none, which fall back to the floor's own ``probes``).
+    A floor of :data:`MACHINE_REFERENCES` also gets ``primary`` (the machines of its own ``probes``) and
+    ``machines``: its statistics per machine that probed any of its seeds, the primary one left out when there is a
+    single one. A trained row gets ``precision`` (of its runs' losses) and ``versus``: per floor, the floor's
+    statistics over the seeds both hold, each seed's probes from the machine that probed the row's run of that seed
+    (``unmatched``: seeds whose machine has none, which fall back to the floor's own ``probes``; ``missing``: seeds
+    of the row the floor does not hold).
     """
     table = {}
     for name in ROWS:
@@ -348,22 +358,28 @@ def aggregate(runs: dict[str, dict[str, Any]], seeds: int) -> dict[str, dict[str
         seconds = [r.get("train_seconds") for r in per_seed.values() if r.get("train_seconds") is not None]
         entry["train_seconds"] = float(np.mean(seconds)) if seconds else None
         if name in MACHINE_REFERENCES:
-            by_machine = [reference_probes(r) for r in per_seed.values()]
             primary = {probed_on(r) for r in per_seed.values()}
-            shared = set.intersection(*(set(m) for m in by_machine)) - (primary if len(primary) == 1 else set())
-            entry["machines"] = {m: _statistics([b[m] for b in by_machine]) for m in sorted(shared)}
+            others: dict[str | None, list[dict[str, float]]] = {}
+            for result in per_seed.values():
+                for machine_name, probes in reference_probes(result).items():
+                    if len(primary) > 1 or machine_name not in primary:
+                        others.setdefault(machine_name, []).append(probes)
+            entry["primary"] = primary
+            entry["machines"] = {m: _statistics(v) for m, v in sorted(others.items(), key=lambda i: str(i[0]))}
         elif ROWS[name].overrides is not None:
+            entry["precision"] = sorted({r.get("precision", "not recorded") for r in per_seed.values()})
             entry["versus"] = {}
             for reference in MACHINE_REFERENCES:
                 held = runs.get(reference, {})
-                if not all(seed in held for seed in per_seed):
-                    continue
                 matched, unmatched = [], 0
                 for seed, result in per_seed.items():
-                    probes = reference_probes(held[seed]).get(probed_on(result))
-                    unmatched += probes is None
-                    matched.append(held[seed]["probes"] if probes is None else probes)
-                entry["versus"][reference] = {**_statistics(matched), "unmatched": unmatched}
+                    if seed in held:
+                        probes = reference_probes(held[seed]).get(probed_on(result))
+                        unmatched += probes is None
+                        matched.append(held[seed]["probes"] if probes is None else probes)
+                if matched:
+                    entry["versus"][reference] = {**_statistics(matched), "unmatched": unmatched,
+                                                  "missing": len(per_seed) - len(matched)}
         table[name] = entry
     return table
 
@@ -378,10 +394,14 @@ def render_table(table: dict[str, dict[str, Any]]) -> str:
             mean, std = entry[key]
             cells.append(f"{mean:.3f} ± {std:.3f}" if entry["n"] > 1 else f"{mean:.3f}")
         seconds = "" if entry["train_seconds"] is None else f"{entry['train_seconds']:.0f}"
-        lines.append(f"| {ROWS[name].label} | {entry['n']} | " + " | ".join(cells) + f" | {seconds} |")
+        label = ROWS[name].label
+        if entry.get("machines"):  # a floor probed on several machines: say which machine each row is
+            primary = entry["primary"]
+            label += (", mixed machines" if len(primary) > 1 else f", probed on {machine_label(next(iter(primary)))}")
+        lines.append(f"| {label} | {entry['n']} | " + " | ".join(cells) + f" | {seconds} |")
         for machine_name, other in entry.get("machines", {}).items():  # the same floor, probed on another machine
             cells = [f"{m:.3f} ± {sd:.3f}" if other["n"] > 1 else f"{m:.3f}" for m, sd in (other[k] for k in PROBES)]
-            lines.append(f"| {ROWS[name].label}, probed on {machine_name.split(',')[0]} | {other['n']} | "
+            lines.append(f"| {ROWS[name].label}, probed on {machine_label(machine_name)} | {other['n']} | "
                          + " | ".join(cells) + " |  |")
     return "\n".join(lines)
 
@@ -507,17 +527,31 @@ def _attentive_reading(table: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _machines_reading(table: dict[str, dict[str, Any]]) -> list[str]:
-    """Which floors were probed on more than one machine, and the trained rows set against a floor of another."""
+    """Which floors were probed on more than one machine, the trained rows set against a floor of another machine
+    or over fewer seeds, and the precision each trained row's loss ran in."""
     several = [ROWS[name].label for name in MACHINE_REFERENCES if table.get(name, {}).get("machines")]
-    unmatched = sorted({f"{ROWS[name].label} ({ROWS[ref].label}, {v['unmatched']} of {v['n']} seeds)"
-                        for name, e in table.items() for ref, v in e.get("versus", {}).items() if v["unmatched"]})
     lines = []
     if several:
         lines.append(f"Probed on more than one machine: {', '.join(several)} (the rows under them); each trained "
                      "row is set against the ones probed on the machine that probed it.")
+    unmatched = [f"{ROWS[name].label} ({ROWS[ref].label}, {v['unmatched']} of {v['n']} seeds)"
+                 for name, e in table.items() for ref, v in e.get("versus", {}).items() if v["unmatched"]]
     if unmatched:
         lines.append("Set against a floor probed on another machine (no probes of theirs on the run's machine): "
                      f"{'; '.join(unmatched)}.")
+    missing = [f"{ROWS[name].label} ({ROWS[ref].label} lacks {v['missing']} of its seeds)"
+               for name, e in table.items() for ref, v in e.get("versus", {}).items() if v["missing"]]
+    if missing:
+        lines.append(f"Set against a floor over fewer seeds than the row: {'; '.join(missing)}.")
+    kinds: dict[str, list[str]] = {}
+    for name, e in table.items():
+        for kind in e.get("precision", ()):
+            kinds.setdefault(kind, []).append(ROWS[name].label)
+    if len(kinds) > 1:  # bf16 autocast runs only where the CPU computes it natively: say which rows ran in what
+        lines.append("The loss ran in " + "; in ".join(f"{kind} for {', '.join(rows)}" if kind != "not recorded"
+                                                      else f"a precision not recorded (older runs) for "
+                                                           f"{', '.join(rows)}" for kind, rows in sorted(kinds.items()))
+                     + ".")
     return lines
 
 
@@ -650,6 +684,8 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
     invocations = meta["invocations"]  # every command that added runs to the JSON (or only rewrote this section)
     commands = "; then ".join(f"`{i['command']}` ({i['runs']} runs"
                               + (f", {i['reprobed']} probed again" if i.get("reprobed") else "")
+                              + (f", {i['floors_probed_here']} floor probes on its machine"
+                                 if i.get("floors_probed_here") else "")
                               + f", wall time {i['wall_seconds']:.0f} s, commit {i['commit']})" for i in invocations)
     machines = "; ".join(dict.fromkeys(i["machine"] for i in invocations))
     section = "\n".join([
@@ -818,6 +854,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     runs: dict[str, dict[str, Any]] = document["runs"]
+    for name, per_seed in runs.items():  # a row whose recipe changed since its runs: they are not its runs now
+        held = {json.dumps(r["overrides"], sort_keys=True) for r in per_seed.values() if "overrides" in r}
+        if name in ROWS and ROWS[name].overrides is not None and held - {
+                json.dumps(recorded_overrides(ROWS[name]), sort_keys=True)}:
+            parser.error(f"--resume-json {args.resume_json}: the runs of row {name!r} were trained with other "
+                         f"overrides ({', '.join(sorted(held))}) than the row has now "
+                         f"({json.dumps(recorded_overrides(ROWS[name]), sort_keys=True)}); move them to another row "
+                         "name in the JSON or start a new one")
     command = "python benchmarks/pretrain_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     command = command.strip()
     started = time.perf_counter()
@@ -851,6 +895,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = {**held, "probes": probes, "probe_seconds": time.perf_counter() - began,
                       "reprobed": {"machine": machine(), "commit": commit()}}
             result.pop("by_machine", None)  # other machines' probes of a floor are of the probes before the change
+            if row.overrides is not None:  # this machine's floors of the seed are too: probed again below
+                for floor in MACHINE_REFERENCES:
+                    runs.get(floor, {}).get(str(seed), {}).get("by_machine", {}).pop(machine(), None)
         elif row.overrides is None:
             result = {"probes": probe_only(name, base, seed, data), "train_seconds": None,
                       "probe_seconds": time.perf_counter() - began}
@@ -858,6 +905,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = pretrain_and_probe(row_config(base, row, seed, args.out_dir), data)
         if held is None:
             result.update(machine=machine(), commit=commit())
+            if row.overrides is not None:
+                result["overrides"] = recorded_overrides(row)
         runs.setdefault(name, {})[str(seed)] = result
         _write_json(args.json, document)
         scores = ", ".join(f"{PROBES[k][0]} {v:.3f}" for k, v in result["probes"].items())
@@ -871,14 +920,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             probe_cache.clear()
             probe_cache[seed] = probe_set(dataclasses.replace(base, seed=seed), args.probe_val_images)
         began = time.perf_counter()
-        runs[name][str(seed)].setdefault("by_machine", {})[machine()] = probe_only(name, base, seed,
-                                                                                   probe_cache[seed])
+        probes = probe_only(name, base, seed, probe_cache[seed])
+        runs[name][str(seed)].setdefault("by_machine", {})[machine()] = {
+            "probes": probes, "commit": commit(), "probe_seconds": time.perf_counter() - began}
         _write_json(args.json, document)
         print(f"[{number}/{len(references)}] {name} seed {seed} probed on this machine too (a run of the seed was "
               f"probed here): {time.perf_counter() - began:.0f} s", flush=True)
     wall = time.perf_counter() - started
     document["invocations"].append({"command": command, "wall_seconds": wall, "runs": fresh,
                                     "reprobed": len(skipped) if args.reprobe else 0,
+                                    "floors_probed_here": len(references),
                                     "machine": machine(), "commit": commit()})
     _write_json(args.json, document)
 
@@ -895,6 +946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     curves_path = CURVES_FIGURE if args.plot == FIGURE else args.plot.with_name("pretrain_curves.png")
     curves_drawn = plot_curves(runs, curves_path)
     run_seconds = sum((r.get("train_seconds") or 0) + (r.get("probe_seconds") or 0)
+                      + sum(e.get("probe_seconds", 0) for e in r.get("by_machine", {}).values())
                       for per_row in runs.values() for r in per_row.values())
     print(f"\nwall time {wall:.0f} s on {machine()}, commit {commit()}; results {args.json}, figure {args.plot}")
     if args.write_docs:

@@ -39,6 +39,8 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     run = first["runs"]["ab-simclr"]["0"]
     assert run["steps"] == 2 and set(run["probes"]) == set(pretrain_table.PROBES)
     assert run["precision"] == ("bf16" if native_cpu_bf16() else "float32")  # bf16 autocast only where native
+    assert run["overrides"] == {"annotations": "views", "bootstrap_weight": 1.0,
+                                "augmentations": [*pretrain_table.DEFAULT_AUGMENTATIONS, "grayscale"]}
     assert set(pretrain_table.DIAGNOSTICS) <= set(run["diagnostics"])
     # The run's TensorBoard curves, read back into the JSON, and drawn beside the table.
     assert set(run["curves"]) == set(pretrain_table.CURVE_TAGS)
@@ -79,8 +81,18 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
         held = here["runs"][row]["0"]
         assert held["machine"] == "Another CPU, 2 cores" and held["probes"] == second["runs"][row]["0"]["probes"]
         (again,) = held["by_machine"].values()  # this machine's probes: the same encoder, the same probes
-        assert again == held["probes"]
+        assert again["probes"] == held["probes"] and again["commit"] and again["probe_seconds"] > 0
     assert "| random init, probed on" in out and "Probed on more than one machine" in out
+    # --reprobe of a trained run probes this machine's floors of its seed again (their probes may be stale too).
+    assert pretrain_table.main([*common, "--rows", "ab-simclr", "--resume-json", str(results), "--reprobe"]) == 0
+    assert "random-init seed 0 probed on this machine too" in capsys.readouterr().out
+    # A row whose recipe changed since its runs were trained refuses them.
+    changed = json.loads(results.read_text())
+    changed["runs"]["ab-simclr"]["0"]["overrides"] = {"annotations": "views", "bootstrap_weight": 1.0}
+    results.write_text(json.dumps(changed))
+    with pytest.raises(SystemExit):
+        pretrain_table.main([*common, "--rows", "ab-simclr", "--resume-json", str(results)])
+    assert "the runs of row 'ab-simclr' were trained with other overrides" in capsys.readouterr().err
     results.write_text(json.dumps(second))
 
     # --reprobe probes the held runs again from their checkpoints and keeps their training results.
@@ -240,35 +252,55 @@ def test_floors_are_matched_to_the_machine_that_probed_each_run():
     def run(value, machine, **extra):
         return {"probes": probes(value), "machine": machine, **extra}
 
-    amd, xeon, other = "AMD EPYC, 2 cores, torch", "Intel Xeon, 2 cores, torch", "Apple M2, 8 cores, torch"
+    amd, xeon, other = ("AMD EPYC, 2 cores, torch 2", "Intel Xeon, 2 cores, torch 2", "Apple M2, 8 cores, torch 2")
     # random init probed on the AMD machine (0.30, 0.31, 0.32) and again on the Xeon (0.35, 0.36, 0.37); SimCLR
     # trained and probed on the Xeon (0.34, ...): above the AMD floor, below the Xeon one.
-    runs = {"random-init": {str(s): run(0.30 + 0.01 * s, amd, by_machine={xeon: probes(0.35 + 0.01 * s)})
+    runs = {"random-init": {str(s): run(0.30 + 0.01 * s, amd, by_machine={xeon: {"probes": probes(0.35 + 0.01 * s)}})
                             for s in range(3)},
-            "simclr": {str(s): run(0.34 + 0.01 * s, xeon) for s in range(3)},
-            "ab-simclr": {str(s): run(0.40, amd, reprobed={"machine": other}) for s in range(3)}}
+            "colour-grid": {"0": run(0.10, amd)},  # one seed only
+            "simclr": {str(s): run(0.34 + 0.01 * s, xeon, precision="float32") for s in range(3)},
+            "ab-simclr": {str(s): run(0.40, amd, reprobed={"machine": other}, precision="bf16") for s in range(3)}}
     assert pretrain_table.probed_on(runs["ab-simclr"]["0"]) == other  # --reprobe's machine, not the training's
     assert pretrain_table.reference_probes(runs["random-init"]["1"]) == {amd: probes(0.31), xeon: probes(0.36)}
-    # The AB-SimCLR runs were last probed on a third machine: random init has to be probed there (only there).
-    assert pretrain_table.missing_references(runs, other) == [(0, "random-init"), (1, "random-init"),
-                                                              (2, "random-init")]
-    assert pretrain_table.missing_references(runs, xeon) == []
+    # The AB-SimCLR runs were last probed on a third machine: the floors have to be probed there (only there).
+    assert pretrain_table.missing_references(runs, other) == [(0, "colour-grid"), (0, "random-init"),
+                                                              (1, "random-init"), (2, "random-init")]
+    assert pretrain_table.missing_references(runs, xeon) == [(0, "colour-grid")]
     assert pretrain_table.missing_references(runs, "a machine that probed nothing") == []
 
     table = pretrain_table.aggregate(runs, 3)
     assert table["random-init"]["presence_map"] == pytest.approx((0.31, 0.01))  # its own row: the first machine
     assert table["random-init"]["machines"][xeon]["presence_map"] == pytest.approx((0.36, 0.01))
-    assert table["simclr"]["versus"]["random-init"]["presence_map"] == pytest.approx((0.36, 0.01))
-    assert table["simclr"]["versus"]["random-init"]["unmatched"] == 0
+    assert table["colour-grid"]["machines"] == {}  # probed on one machine only: no rows under it
+    versus = table["simclr"]["versus"]
+    assert versus["random-init"]["presence_map"] == pytest.approx((0.36, 0.01)) and versus["random-init"][
+        "unmatched"] == 0
+    assert versus["colour-grid"]["n"] == 1 and versus["colour-grid"]["missing"] == 2
+    assert versus["colour-grid"]["unmatched"] == 1  # seed 0 was probed on the Xeon; the floor only on the AMD
     assert table["ab-simclr"]["versus"]["random-init"]["unmatched"] == 3  # falls back to the row's own probes
     diff = pretrain_table.compare(table, "simclr", "random-init")["presence_map"]
     assert diff["delta"] == pytest.approx(-0.01) and not diff["better"]  # against the AMD row it would be +0.04
     text = pretrain_table.render_table(table)
-    assert "| random init | 3 | 0.310 ± 0.010 |" in text
-    assert "| random init, probed on Intel Xeon | 3 | 0.360 ± 0.010 |" in text
+    assert "| random init, probed on AMD EPYC, 2 cores | 3 | 0.310 ± 0.010 |" in text
+    assert "| random init, probed on Intel Xeon, 2 cores | 3 | 0.360 ± 0.010 |" in text
+    assert "| colour-grid floor | 1 | 0.100 |" in text
     lines = pretrain_table.reading(table)
     assert "Not: SimCLR." in next(line for line in lines if line.startswith("Above the random-init encoder on"))
     assert ("Probed on more than one machine: random init (the rows under them); each trained row is set against "
             "the ones probed on the machine that probed it.") in lines
-    assert ("Set against a floor probed on another machine (no probes of theirs on the run's machine): AB-SimCLR "
-            "(random init, 3 of 3 seeds).") in lines
+    assert ("Set against a floor probed on another machine (no probes of theirs on the run's machine): SimCLR "
+            "(colour-grid floor, 1 of 1 seeds); AB-SimCLR (random init, 3 of 3 seeds); AB-SimCLR (colour-grid floor, "
+            "1 of 1 seeds).") in lines
+    assert ("Set against a floor over fewer seeds than the row: SimCLR (colour-grid floor lacks 2 of its seeds); "
+            "AB-SimCLR (colour-grid floor lacks 2 of its seeds).") in lines
+    assert "The loss ran in bf16 for AB-SimCLR; in float32 for SimCLR." in lines
+
+    # Seeds of one floor first probed on different machines: the row says so, and each machine gets its own row.
+    runs["random-init"]["2"] = run(0.50, xeon)
+    table = pretrain_table.aggregate(runs, 3)
+    assert table["random-init"]["primary"] == {amd, xeon}
+    assert table["random-init"]["machines"][xeon]["n"] == 3 and table["random-init"]["machines"][amd]["n"] == 2
+    assert "| random init, mixed machines | 3 |" in pretrain_table.render_table(table)
+    # A run that recorded no machine matches a floor that recorded none.
+    unknown = {"random-init": {"0": {"probes": probes(0.2)}}, "simclr": {"0": {"probes": probes(0.3)}}}
+    assert pretrain_table.aggregate(unknown, 1)["simclr"]["versus"]["random-init"]["unmatched"] == 0
