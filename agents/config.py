@@ -91,7 +91,8 @@ class PretrainConfig:
     teacher_temperature: float = option(0.04, "Sharpening temperature of the ``prototypes`` teacher.")
     koleo_weight: float = option(0.0, "Weight of the KoLeo spreading term on the student's view features "
                                  "(``prototypes``; DINOv2 uses 0.1).")
-    total_steps: int = option(1500, "Optimiser steps.")
+    total_steps: int = option(1200, "Optimiser steps. 1,200 (the comparison table's budget) keeps the default "
+                              "run within 10 minutes on 2 cores without native bf16, where 1,500 took 13 (docs/gvf.md).")
     batch_size: int = option(256, "Transitions per step (per process).")
     lr: float = option(2e-3, "Peak AdamW learning rate (cosine schedule after a linear warm-up).")
     weight_decay: float = option(0.05, "AdamW weight decay (not applied to biases, norms, temperatures, tokens and "
