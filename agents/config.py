@@ -92,7 +92,8 @@ class PretrainConfig:
     koleo_weight: float = option(0.0, "Weight of the KoLeo spreading term on the student's view features "
                                  "(``prototypes``; DINOv2 uses 0.1).")
     total_steps: int = option(1200, "Optimiser steps. 1,200 (the comparison table's budget) keeps the default "
-                              "run within 10 minutes on 2 cores without native bf16, where 1,500 took 13 (docs/gvf.md).")
+                              "run within 10 minutes on 2 cores without native bf16, where 1,500 took 13 "
+                              "(docs/gvf.md).")
     batch_size: int = option(256, "Transitions per step (per process).")
     lr: float = option(2e-3, "Peak AdamW learning rate (cosine schedule after a linear warm-up).")
     weight_decay: float = option(0.05, "AdamW weight decay (not applied to biases, norms, temperatures, tokens and "
@@ -234,13 +235,14 @@ PRESETS: dict[str, Preset] = {
     "shapes-labels-cpu": Preset(
         {},
         "The default (`make run`): the labels GVF on Shapes, the 4-layer CNN at 32 px, the paper's RandomResizedCrop "
-        "pairs (4 views per image), 1,500 steps of 256 transitions on CPU.\n"
+        "pairs (4 views per image), 1,200 steps of 256 transitions on CPU.\n"
         "Command: python -m agents.pretrain --preset shapes-labels-cpu\n"
-        "Reaches (Shapes val, mean of seeds 0, 1, 2, code of commits 61d906b to 5520ec2, which differ only in "
-        "refactors; 2 CPU cores, 7.0 to 7.7 min each): presence mAP 0.450, box top-1 0.386, k-NN top-1 0.371 (object "
-        "crops, probed again at commit c789cc6), count accuracy 0.229, attentive presence mAP 0.448, attentive box "
-        "top-1 0.485 (random init: 0.419, 0.195, 0.154, 0.174, 0.418, 0.225; colour-grid floor: 0.405, 0.119, "
-        "0.186, 0.150, 0.406, 0.120), above random init and the floor on every probe by more than the seed spread.",
+        "Reaches (Shapes val, mean of seeds 0, 1, 2, code of commit 3e24aff with --total-steps 1200, the default since "
+        "4a645fb; 2 Intel Xeon cores in float32, 534 to 578 s wall each): presence mAP 0.451, box top-1 0.332, k-NN "
+        "top-1 0.322, count accuracy 0.217, attentive presence mAP 0.436, attentive box top-1 0.439 (random init: "
+        "0.423, 0.198, 0.151, 0.186, 0.421, 0.226; colour-grid floor: 0.402, 0.119, 0.185, 0.145, 0.402, 0.119), above "
+        "random init and the floor on every probe by more than the seed spread. At 1,500 steps (2 AMD EPYC cores "
+        "under bf16, 7.0 to 7.7 min; 13 min on the Xeon): 0.450, 0.386, 0.371, 0.229, 0.448, 0.485.",
     ),
     "shapes-views-cpu": Preset(
         {"annotations": "views", "total_steps": 1200,
