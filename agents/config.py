@@ -249,9 +249,9 @@ PRESETS: dict[str, Preset] = {
          "augmentations": (*DEFAULT_AUGMENTATIONS, "grayscale")},
         "AB-SimCLR on Shapes at the CPU scale, 1,200 steps, with random grayscale beside the default jitter (the hue "
         "jitter leaves colours recognisable across views, so SimCLR can match views by colour; grey views take that "
-        "shortcut away: the grayscale rows of docs/benchmarks.md). Command: python -m agents.pretrain --preset "
-        "shapes-views-cpu\n"
-        "Reaches (Shapes val, seed 0, the AB-SimCLR (+ grayscale) row of docs/benchmarks.md, code of commit f6a6cae on "
+        "shortcut away: the SimCLR rows of docs/benchmarks.md against their no-grayscale rows).\n"
+        "Command: python -m agents.pretrain --preset shapes-views-cpu\n"
+        "Reaches (Shapes val, seed 0, the AB-SimCLR row of docs/benchmarks.md, code of commit f6a6cae on "
         "2 Intel Xeon cores in float32, 17 min): presence mAP 0.433, box top-1 0.256, k-NN top-1 0.226, count "
         "accuracy 0.221, attentive presence mAP 0.417, attentive box top-1 0.355 (random init on that machine: 0.421, "
         "0.202, 0.155, 0.184, 0.419, 0.228; colour grid k-NN 0.192; SimCLR with grayscale at the same 1,200 steps: "
