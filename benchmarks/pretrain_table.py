@@ -38,7 +38,7 @@ count accuracy and MAE, and the attentive probes' box top-1 and presence mAP) on
 split unless ``--probe-val-images``). Each trained row probes only its pretrained encoder (from its checkpoint); the
 random-init encoder and the colour-grid floor are probed once per seed (the random-init encoder is the same for every
 row: it is built first from the torch seed ``seed + 1``, as in ``agents.pretrain``), and probed again on every
-other machine that probes a trained run of the seed, since the same encoder's scores differ by a few thousandths
+other machine that probes a trained run of the seed, since the same encoder's scores differ by up to about 0.01
 between CPUs: each trained run is set against the floors probed on its own machine (:data:`MACHINE_REFERENCES`;
 the table shows a floor's other machines in rows under it). The table gives the mean and
 the sample standard deviation over seeds; each run also records the diagnostics of its last 10% of steps (the
@@ -156,9 +156,10 @@ ROWS: dict[str, Row] = {r.name: r for r in (
 #: The rows that train nothing, drawn as lines across the figure's panels.
 FLOORS = ("random-init", "colour-grid", "chance")
 #: The floors whose probes depend on the machine: an encoder's features and the probes fitted on them are float32
-#: computations whose rounding differs between CPUs (random init, seed 0, attentive presence mAP: 0.424 on an AMD
-#: EPYC, 0.419 on an Intel Xeon). They are probed again on every machine that probes a trained run of the seed, and
-#: each trained run is set against the ones probed on its own machine. Chance is image-blind arithmetic.
+#: computations whose rounding differs between CPUs (random init, 3 seeds, on an AMD EPYC / an Intel Xeon: presence
+#: mAP 0.419 / 0.423, count accuracy 0.174 / 0.186, attentive presence mAP 0.418 / 0.421). They are probed again on
+#: every machine that probes a trained run of the seed, and each trained run is set against the ones probed on its
+#: own machine. Chance is image-blind arithmetic.
 MACHINE_REFERENCES = ("random-init", "colour-grid")
 #: (source, base row, bootstrapped row).
 PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP", "clip", "ab-clip"),
@@ -576,7 +577,9 @@ def reading(table: dict[str, dict[str, Any]]) -> list[str]:
 def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
     """Grouped bars per probe: base vs bootstrapped per source (upper panels), the ablations (lower panels, when run:
     each full row in orange, then its ablations in blue); error bars are the seed std; the dashed line is the
-    random-init encoder, the dotted one the colour-grid floor, the dash-dotted one chance."""
+    random-init encoder, the dotted one the colour-grid floor, the dash-dotted one chance (a floor probed on several
+    machines is drawn as its own row's, the legend naming the machine; the reading compares each row with its own
+    machine's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -602,7 +605,7 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
             means = [table[p[which]][key][0] if p[which] in table else np.nan for p in pairs]
             stds = [table[p[which]][key][1] if p[which] in table else 0.0 for p in pairs]
             ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, color=colour, label=name)
-        ax.set_xticks(x, [p[0] for p in pairs])
+        ax.set_xticks(x, [p[0] for p in pairs], fontsize=8, rotation=20, ha="right")
         ax.set_title(f"{label} ({'higher' if up else 'lower'} is better)", fontsize=10)
         panels = [ax]
         if show_ablations:
@@ -617,8 +620,11 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
         for a in panels:
             for floor, style in zip(FLOORS, ("--", ":", "-."), strict=True):
                 if floor in table:
+                    primary = table[floor].get("primary", set())
+                    where = (f" ({machine_label(next(iter(primary)))})"
+                             if table[floor].get("machines") and len(primary) == 1 else "")
                     a.axhline(table[floor][key][0], color="black", linestyle=style, linewidth=1,
-                              label=ROWS[floor].label)
+                              label=ROWS[floor].label + where)
     for index in range(len(PROBES), rows * columns):  # empty cells of the grid
         for block in range(blocks):
             axes[block * rows + index // columns, index % columns].axis("off")
