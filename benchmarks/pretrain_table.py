@@ -50,7 +50,8 @@ run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pa
 grouped bars (``--plot``); with ``--write-docs``, the section of docs/benchmarks.md between the pretrain_table
 markers.
 
-    python benchmarks/pretrain_table.py --write-docs     # every row x 3 seeds at 1,500 steps: about 5.5 h on 2 cores
+    python benchmarks/pretrain_table.py --write-docs     # every row x 3 seeds at 1,200 steps: some 7 h on 2 cores
+                                                         # (the JSON's 57 runs: 25,969 s, most under bf16)
     python benchmarks/pretrain_table.py --rows random-init,colour-grid,simclr,ab-simclr --steps 1200 --write-docs
                                                          # 3 seeds: 2,319 s on 2 cores (docs/benchmarks.md)
     python benchmarks/pretrain_table.py --quick          # 7 rows, 1 seed, 40 steps, small probes
@@ -116,10 +117,10 @@ class Row:
     overrides: dict[str, Any] | None
 
 
-#: SimCLR's rows: random grayscale (each view grey with probability 1/2) beside the base recipe's jitter, as SimCLR's
-#: own recipe has it: the hue jitter (+-0.15) leaves each object's and each scene's colour recognisable across two
-#: views, so "same image" can be told by colour alone; grey views take that shortcut away half of the time. Without
-#: it SimCLR's k-NN stayed at the colour-grid floor (the ``simclr-no-gray`` rows).
+#: SimCLR's rows: random grayscale (each view grey with probability 1/2) beside the base recipe's jitter, as
+#: SimCLR's own augmentations include it (at 0.2 there): the hue jitter (+-0.15) leaves each object's and each
+#: scene's colour recognisable across two views, so "same image" can be told by colour alone; grey views take that
+#: shortcut away half of the time. Without it SimCLR's k-NN stayed at the colour-grid floor (``simclr-no-gray``).
 VIEWS = {"annotations": "views", "bootstrap_weight": 1.0, "augmentations": (*DEFAULT_AUGMENTATIONS, "grayscale")}
 #: DINO's rows: with the colour jitter of the base recipe DINO's teacher is uniform within 100 steps whatever the
 #: teacher (centring or Sinkhorn-Knopp), its temperature, the EMA or KoLeo; without it a Sinkhorn-Knopp teacher
