@@ -18,7 +18,8 @@ Rows (``--rows`` takes these names, comma-separated):
   ``ab-simclr-mean`` (the mean backup: the GVF of the uniform policy), ``ab-simclr-no-tokens``
   (``action_tokens=False``) and ``ab-simclr-no-target`` (``target_network=False``: the TD target from the online
   network of the step, without a gradient). Gamma 0.5 and the max backup are the ``ab-simclr`` row itself;
-- ``ab-dino-no-tokens``: AB-DINO without action tokens, compared with ``ab-dino`` (the one bootstrapped row with a
+- ``ab-dino-no-tokens`` and ``ab-dino-gamma0``: AB-DINO without action tokens, and at gamma 0 (the one-step target,
+  the sharpest TD targets of the AB-SimCLR ablations), compared with ``ab-dino`` (the one bootstrapped row with a
   gain on an attentive probe beyond the seed spread);
 - ``simclr-no-gray`` / ``ab-simclr-no-gray``: SimCLR and AB-SimCLR with the base recipe's augmentations alone
   (no grayscale: :data:`VIEWS_NO_GRAY`), the SimCLR rows of the table before grayscale was added.
@@ -151,6 +152,7 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ab-simclr-no-target", "AB-SimCLR, no target network", {**VIEWS, "target_network": False}),
     Row("ab-dino-no-tokens", "AB-DINO, no action tokens", {**PROTOTYPES, "bootstrap_weight": 1.0,
                                                            "action_tokens": False}),
+    Row("ab-dino-gamma0", "AB-DINO, gamma 0", {**PROTOTYPES, "bootstrap_weight": 1.0, "gamma": 0.0}),
     Row("simclr-no-gray", "SimCLR (no grayscale)", {**VIEWS_NO_GRAY, "bootstrap_weight": 0.0}),
     Row("ab-simclr-no-gray", "AB-SimCLR (no grayscale)", {**VIEWS_NO_GRAY, "bootstrap_weight": 1.0}),
 )}
@@ -170,7 +172,7 @@ PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP"
 ABLATIONS = (("gamma 0", "ab-simclr-gamma0", "ab-simclr"), ("gamma 0.9", "ab-simclr-gamma0.9", "ab-simclr"),
              ("mean backup", "ab-simclr-mean", "ab-simclr"), ("no action tokens", "ab-simclr-no-tokens", "ab-simclr"),
              ("no target network", "ab-simclr-no-target", "ab-simclr"),
-             ("no action tokens", "ab-dino-no-tokens", "ab-dino"))
+             ("no action tokens", "ab-dino-no-tokens", "ab-dino"), ("gamma 0", "ab-dino-gamma0", "ab-dino"))
 #: How the reading names each full row of :data:`ABLATIONS`.
 FULL_ROWS = {"ab-simclr": "AB-SimCLR (gamma 0.5, max backup, action tokens)",
              "ab-dino": "AB-DINO (gamma 0.5, max backup, action tokens)"}
