@@ -22,7 +22,10 @@ Rows (``--rows`` takes these names, comma-separated):
   the sharpest TD targets of the AB-SimCLR ablations), compared with ``ab-dino`` (the one bootstrapped row with a
   gain on an attentive probe beyond the seed spread);
 - ``simclr-no-gray`` / ``ab-simclr-no-gray``: SimCLR and AB-SimCLR with the base recipe's augmentations alone
-  (no grayscale: :data:`VIEWS_NO_GRAY`), the SimCLR rows of the table before grayscale was added.
+  (no grayscale: :data:`VIEWS_NO_GRAY`), the SimCLR rows of the table before grayscale was added;
+- ``dino-gray`` / ``ab-dino-gray``: DINO and AB-DINO with random grayscale beside the flips
+  (:data:`PROTOTYPES_GRAY`): the recipe that gives DINO's features shape, against the flip-only rows where
+  AB-DINO's bootstrapped targets are sharpest.
 
 Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
 ``python -m agents.pretrain``, the CPU recipe) with the same ``total_steps`` (``--steps``), plus the row's few
@@ -127,6 +130,9 @@ VIEWS = {"annotations": "views", "bootstrap_weight": 1.0, "augmentations": (*DEF
 #: teacher (centring or Sinkhorn-Knopp), its temperature, the EMA or KoLeo; without it a Sinkhorn-Knopp teacher
 #: learns (benchmarks/dino_collapse.py, docs/benchmarks.md).
 PROTOTYPES = {"annotations": "prototypes", "dino_teacher": "sinkhorn", "augmentations": ("flip",)}
+#: DINO's rows with random grayscale (each view grey with probability 1/2) beside the flips: colour becomes a
+#: nuisance without the hue jitter that makes the teacher uniform, so the features must carry shape.
+PROTOTYPES_GRAY = {**PROTOTYPES, "augmentations": ("flip", "grayscale")}
 #: CLIP's rows: at the base lr (2e-3) both towers collapse to one constant embedding within 20 steps and the loss
 #: stays at log B; at 5e-4 (CLIP's own rate) it leaves that plateau. Crops only, as CLIP trains: the hue jitter
 #: would falsify the captions' colour words and the flip their "left of" / "right of" (docs/gvf.md).
@@ -155,6 +161,8 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ab-dino-gamma0", "AB-DINO, gamma 0", {**PROTOTYPES, "bootstrap_weight": 1.0, "gamma": 0.0}),
     Row("simclr-no-gray", "SimCLR (no grayscale)", {**VIEWS_NO_GRAY, "bootstrap_weight": 0.0}),
     Row("ab-simclr-no-gray", "AB-SimCLR (no grayscale)", {**VIEWS_NO_GRAY, "bootstrap_weight": 1.0}),
+    Row("dino-gray", "DINO (Sinkhorn-Knopp, flip and grayscale)", {**PROTOTYPES_GRAY, "bootstrap_weight": 0.0}),
+    Row("ab-dino-gray", "AB-DINO (Sinkhorn-Knopp, flip and grayscale)", {**PROTOTYPES_GRAY, "bootstrap_weight": 1.0}),
 )}
 #: The rows that train nothing, drawn as lines across the figure's panels.
 FLOORS = ("random-init", "colour-grid", "chance")
@@ -166,7 +174,8 @@ FLOORS = ("random-init", "colour-grid", "chance")
 MACHINE_REFERENCES = ("random-init", "colour-grid")
 #: (source, base row, bootstrapped row).
 PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP", "clip", "ab-clip"),
-         ("labels", "labels", "labels-gvf"), ("SimCLR, no gray", "simclr-no-gray", "ab-simclr-no-gray"))
+         ("labels", "labels", "labels-gvf"), ("SimCLR, no gray", "simclr-no-gray", "ab-simclr-no-gray"),
+         ("DINO, gray", "dino-gray", "ab-dino-gray"))
 #: (what the ablation changes, row, the full row it is compared with): ``ab-simclr`` (gamma 0.5, max backup, action
 #: tokens), or ``ab-dino``, the one source whose bootstrapped row beats its base on an attentive probe.
 ABLATIONS = (("gamma 0", "ab-simclr-gamma0", "ab-simclr"), ("gamma 0.9", "ab-simclr-gamma0.9", "ab-simclr"),
