@@ -25,7 +25,8 @@ Rows (``--rows`` takes these names, comma-separated):
   (no grayscale: :data:`VIEWS_NO_GRAY`), the SimCLR rows of the table before grayscale was added;
 - ``dino-gray`` / ``ab-dino-gray``: DINO and AB-DINO with random grayscale beside the flips
   (:data:`PROTOTYPES_GRAY`): the recipe that gives DINO's features shape, against the flip-only rows where
-  AB-DINO's bootstrapped targets are sharpest.
+  AB-DINO's bootstrapped targets are sharpest; ``ab-dino-gray-gamma0``: AB-DINO with grayscale at gamma 0 (the
+  one-step target, which kept AB-DINO's attentive gain flip-only with the sharpest targets), against ``ab-dino-gray``.
 
 Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
 ``python -m agents.pretrain``, the CPU recipe) with the same ``total_steps`` (``--steps``), plus the row's few
@@ -163,6 +164,8 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ab-simclr-no-gray", "AB-SimCLR (no grayscale)", {**VIEWS_NO_GRAY, "bootstrap_weight": 1.0}),
     Row("dino-gray", "DINO (Sinkhorn-Knopp, flip and grayscale)", {**PROTOTYPES_GRAY, "bootstrap_weight": 0.0}),
     Row("ab-dino-gray", "AB-DINO (Sinkhorn-Knopp, flip and grayscale)", {**PROTOTYPES_GRAY, "bootstrap_weight": 1.0}),
+    Row("ab-dino-gray-gamma0", "AB-DINO, grayscale, gamma 0", {**PROTOTYPES_GRAY, "bootstrap_weight": 1.0,
+                                                                "gamma": 0.0}),
 )}
 #: The rows that train nothing, drawn as lines across the figure's panels.
 FLOORS = ("random-init", "colour-grid", "chance")
@@ -177,14 +180,17 @@ PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP"
          ("labels", "labels", "labels-gvf"), ("SimCLR, no gray", "simclr-no-gray", "ab-simclr-no-gray"),
          ("DINO, gray", "dino-gray", "ab-dino-gray"))
 #: (what the ablation changes, row, the full row it is compared with): ``ab-simclr`` (gamma 0.5, max backup, action
-#: tokens), or ``ab-dino``, the one source whose bootstrapped row beats its base on an attentive probe.
+#: tokens), ``ab-dino``, the one source whose bootstrapped row beats its base on an attentive probe, or
+#: ``ab-dino-gray``.
 ABLATIONS = (("gamma 0", "ab-simclr-gamma0", "ab-simclr"), ("gamma 0.9", "ab-simclr-gamma0.9", "ab-simclr"),
              ("mean backup", "ab-simclr-mean", "ab-simclr"), ("no action tokens", "ab-simclr-no-tokens", "ab-simclr"),
              ("no target network", "ab-simclr-no-target", "ab-simclr"),
-             ("no action tokens", "ab-dino-no-tokens", "ab-dino"), ("gamma 0", "ab-dino-gamma0", "ab-dino"))
+             ("no action tokens", "ab-dino-no-tokens", "ab-dino"), ("gamma 0", "ab-dino-gamma0", "ab-dino"),
+             ("gamma 0", "ab-dino-gray-gamma0", "ab-dino-gray"))
 #: How the reading names each full row of :data:`ABLATIONS`.
 FULL_ROWS = {"ab-simclr": "AB-SimCLR (gamma 0.5, max backup, action tokens)",
-             "ab-dino": "AB-DINO (gamma 0.5, max backup, action tokens)"}
+             "ab-dino": "AB-DINO (gamma 0.5, max backup, action tokens)",
+             "ab-dino-gray": "AB-DINO, grayscale (gamma 0.5, max backup, action tokens)"}
 #: Fields each row sets, or the script sets per run: ``--set`` may not change them.
 RESERVED = {"annotations", "bootstrap_weight", "gamma", "backup", "action_tokens", "target_network", "seed", "out",
             "data", "resume", "total_steps", "probe", "probe_train_images", "root", "env", "split", "progress"}
