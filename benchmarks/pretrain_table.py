@@ -55,8 +55,8 @@ run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pa
 grouped bars (``--plot``); with ``--write-docs``, the section of docs/benchmarks.md between the pretrain_table
 markers.
 
-    python benchmarks/pretrain_table.py --write-docs     # every row x 3 seeds at 1,200 steps: some 9-10 h on 2 cores
-                                                         # (the JSON's 66 runs: 33,842 s, on two machines)
+    python benchmarks/pretrain_table.py --write-docs     # every row x 3 seeds at 1,200 steps: some 10 h on 2 cores
+                                                         # (the JSON's 69 runs: 35,927 s, on two machines)
     python benchmarks/pretrain_table.py --rows random-init,colour-grid,simclr,ab-simclr --steps 1200 --write-docs
                                                          # 3 seeds: 2,319 s on 2 cores (docs/benchmarks.md)
     python benchmarks/pretrain_table.py --quick          # 7 rows, 1 seed, 40 steps, small probes
