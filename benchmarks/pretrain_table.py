@@ -47,8 +47,8 @@ other machine that probes a trained run of the seed, since the same encoder's sc
 between CPUs: each trained run is set against the floors probed on its own machine (:data:`MACHINE_REFERENCES`;
 the table shows a floor's other machines in rows under it). The table gives the mean and
 the sample standard deviation over seeds; each run also records the diagnostics of its last 10% of steps (the
-bootstrap cross-entropy, the entropy of the TD targets against that of a uniform target, the target network's
-drift and the fraction of time spent collecting).
+bootstrap cross-entropy, the entropy of the TD targets against that of a uniform target, the DINO teacher's entropy
+and feature cosine, the target network's drift and the fraction of time spent collecting).
 
 Outputs: the table and a plain reading on stdout; the raw per-seed results as JSON (``--json``, written after every
 run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pairs it already holds); a PNG of
@@ -106,6 +106,9 @@ PROBES = {"presence_map": ("presence mAP", True), "box_top1": ("box top-1", True
           "attn_presence_map": ("attentive presence mAP", True), "attn_box_top1": ("attentive box top-1", True)}
 #: Training diagnostics each run records (means over its last 10% of steps, or at its end).
 DIAGNOSTICS = ("bootstrap", "target_entropy", "uniform", "target_drift", "collect_fraction")
+#: The DINO rows' teacher diagnostics (means over the last 10% of steps), recorded where the run logs them: the
+#: teacher's entropy over the prototypes and the mean cosine between the target's features of a batch.
+TEACHER_DIAGNOSTICS = ("teacher_entropy", "teacher_cosine")
 DEFAULT_STEPS = PretrainConfig.total_steps
 DEFAULT_SEEDS = 3
 QUICK = {"seeds": 1, "steps": 40, "rows": "random-init,colour-grid,chance,simclr,ab-simclr,labels,labels-gvf",
@@ -304,6 +307,18 @@ def recorded_overrides(row: Row) -> dict[str, Any]:
     return json.loads(json.dumps(row.overrides))
 
 
+def run_diagnostics(summary: dict[str, Any]) -> dict[str, float]:
+    """A run's diagnostics from :func:`agents.pretrain.train`'s summary: the means over the last 10% of its steps'
+    metrics of :data:`DIAGNOSTICS`' first three and of :data:`TEACHER_DIAGNOSTICS` (each where the run logged it),
+    and the summary's ``target_drift``, ``collect_fraction`` and ``ema_base_momentum`` at the end."""
+    tail = summary["metrics"][-max(1, len(summary["metrics"]) // 10):]
+    diagnostics = {key: sum(m[key] for m in tail) / len(tail)
+                   for key in (*DIAGNOSTICS[:3], *TEACHER_DIAGNOSTICS) if tail and key in tail[0]}
+    diagnostics.update(target_drift=summary["target_drift"], collect_fraction=summary["collect_fraction"],
+                       ema_base_momentum=summary["ema_base_momentum"])
+    return diagnostics
+
+
 def missing_references(runs: dict[str, dict[str, Any]], here: str) -> list[tuple[int, str]]:
     """The (seed, floor) pairs to probe on machine ``here``: a trained run of the seed was probed here, and the
     floor's run of that seed (held in ``runs``) has no probes of this machine."""
@@ -332,10 +347,7 @@ def pretrain_and_probe(config: PretrainConfig, data: ProbeData) -> dict[str, Any
     began = time.perf_counter()
     encoder, _ = load_encoder(checkpoint, config.device)
     probes = run_probes(encoder, data, device=config.device, progress=config.progress, seed=config.seed)
-    tail = summary["metrics"][-max(1, len(summary["metrics"]) // 10):]
-    diagnostics = {key: sum(m[key] for m in tail) / len(tail) for key in DIAGNOSTICS[:3] if tail and key in tail[0]}
-    diagnostics.update(target_drift=summary["target_drift"], collect_fraction=summary["collect_fraction"],
-                       ema_base_momentum=summary["ema_base_momentum"])
+    diagnostics = run_diagnostics(summary)
     log_dir = curve_log_dir(config)  # the run's own TensorBoard log, read back: what the curves figure plots
     curves = read_curves(log_dir, CURVE_TAGS, CURVE_POINTS) if log_dir is not None and log_dir.is_dir() else {}
     return {"probes": probes, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu, "curves": curves,

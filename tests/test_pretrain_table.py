@@ -304,3 +304,15 @@ def test_floors_are_matched_to_the_machine_that_probed_each_run():
     # A run that recorded no machine matches a floor that recorded none.
     unknown = {"random-init": {"0": {"probes": probes(0.2)}}, "simclr": {"0": {"probes": probes(0.3)}}}
     assert pretrain_table.aggregate(unknown, 1)["simclr"]["versus"]["random-init"]["unmatched"] == 0
+
+
+def test_run_diagnostics_average_the_last_tenth_and_keep_the_teacher_where_logged():
+    end = {"target_drift": 0.12, "collect_fraction": 0.01, "ema_base_momentum": 0.99}
+    dino = [{"base": 5.0, "teacher_entropy": float(i), "teacher_cosine": 0.5} for i in range(20)]
+    got = pretrain_table.run_diagnostics({"metrics": dino, **end})
+    assert got["teacher_entropy"] == pytest.approx((18 + 19) / 2)  # the last 10% of 20 steps: steps 18 and 19
+    assert got["teacher_cosine"] == pytest.approx(0.5) and "bootstrap" not in got
+    assert got["target_drift"] == 0.12 and got["collect_fraction"] == 0.01
+    simclr = [{"bootstrap": 4.0, "target_entropy": 3.0, "uniform": 5.5}] * 5  # fewer than 10 steps: the last one
+    got = pretrain_table.run_diagnostics({"metrics": simclr, **end})
+    assert got["bootstrap"] == 4.0 and got["uniform"] == 5.5 and "teacher_entropy" not in got
