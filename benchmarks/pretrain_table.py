@@ -26,7 +26,9 @@ Rows (``--rows`` takes these names, comma-separated):
 - ``dino-gray`` / ``ab-dino-gray``: DINO and AB-DINO with random grayscale beside the flips
   (:data:`PROTOTYPES_GRAY`): the recipe that gives DINO's features shape, against the flip-only rows where
   AB-DINO's bootstrapped targets are sharpest; ``ab-dino-gray-gamma0``: AB-DINO with grayscale at gamma 0 (the
-  one-step target, which kept AB-DINO's attentive gain flip-only with the sharpest targets), against ``ab-dino-gray``.
+  one-step target, which kept AB-DINO's attentive gain flip-only with the sharpest targets), against ``ab-dino-gray``;
+- ``dino-gray-t0.02`` / ``ab-dino-gray-t0.02``: the same with the teacher's temperature halved to 0.02
+  (:data:`PROTOTYPES_GRAY_SHARP`): grayscale flattens the teacher at 0.04, and AB-DINO's gain came with a sharp one.
 
 Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
 ``python -m agents.pretrain``, the CPU recipe) with the same ``total_steps`` (``--steps``), plus the row's few
@@ -137,6 +139,10 @@ PROTOTYPES = {"annotations": "prototypes", "dino_teacher": "sinkhorn", "augmenta
 #: DINO's rows with random grayscale (each view grey with probability 1/2) beside the flips: colour becomes a
 #: nuisance without the hue jitter that makes the teacher uniform, so the features must carry shape.
 PROTOTYPES_GRAY = {**PROTOTYPES, "augmentations": ("flip", "grayscale")}
+#: DINO's rows with grayscale and a sharper teacher: at the default temperature (0.04) the grayscale runs' teacher
+#: ends nearly flat (entropy 4.4-4.6 of log 256 = 5.55), and so do AB-DINO's TD targets; at 0.02 it ends at 1.8
+#: (seed 0; 0.9 at 0.01, with lower box top-1).
+PROTOTYPES_GRAY_SHARP = {**PROTOTYPES_GRAY, "teacher_temperature": 0.02}
 #: CLIP's rows: at the base lr (2e-3) both towers collapse to one constant embedding within 20 steps and the loss
 #: stays at log B; at 5e-4 (CLIP's own rate) it leaves that plateau. Crops only, as CLIP trains: the hue jitter
 #: would falsify the captions' colour words and the flip their "left of" / "right of" (docs/gvf.md).
@@ -169,6 +175,10 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ab-dino-gray", "AB-DINO (Sinkhorn-Knopp, flip and grayscale)", {**PROTOTYPES_GRAY, "bootstrap_weight": 1.0}),
     Row("ab-dino-gray-gamma0", "AB-DINO, grayscale, gamma 0", {**PROTOTYPES_GRAY, "bootstrap_weight": 1.0,
                                                                 "gamma": 0.0}),
+    Row("dino-gray-t0.02", "DINO (flip and grayscale, teacher T 0.02)", {**PROTOTYPES_GRAY_SHARP,
+                                                                         "bootstrap_weight": 0.0}),
+    Row("ab-dino-gray-t0.02", "AB-DINO (flip and grayscale, teacher T 0.02)", {**PROTOTYPES_GRAY_SHARP,
+                                                                               "bootstrap_weight": 1.0}),
 )}
 #: The rows that train nothing, drawn as lines across the figure's panels.
 FLOORS = ("random-init", "colour-grid", "chance")
@@ -181,7 +191,7 @@ MACHINE_REFERENCES = ("random-init", "colour-grid")
 #: (source, base row, bootstrapped row).
 PAIRS = (("SimCLR", "simclr", "ab-simclr"), ("DINO", "dino", "ab-dino"), ("CLIP", "clip", "ab-clip"),
          ("labels", "labels", "labels-gvf"), ("SimCLR, no gray", "simclr-no-gray", "ab-simclr-no-gray"),
-         ("DINO, gray", "dino-gray", "ab-dino-gray"))
+         ("DINO, gray", "dino-gray", "ab-dino-gray"), ("DINO, gray, T 0.02", "dino-gray-t0.02", "ab-dino-gray-t0.02"))
 #: (what the ablation changes, row, the full row it is compared with): ``ab-simclr`` (gamma 0.5, max backup, action
 #: tokens), ``ab-dino``, the one source whose bootstrapped row beats its base on an attentive probe, or
 #: ``ab-dino-gray``.
