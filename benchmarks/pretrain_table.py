@@ -57,8 +57,8 @@ run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pa
 grouped bars (``--plot``); with ``--write-docs``, the section of docs/benchmarks.md between the pretrain_table
 markers.
 
-    python benchmarks/pretrain_table.py --write-docs     # every row x 3 seeds at 1,200 steps: some 10 h on 2 cores
-                                                         # (the JSON's 69 runs: 35,927 s, on two machines)
+    python benchmarks/pretrain_table.py --write-docs     # every row x 3 seeds at 1,200 steps: some 11 h on 2 cores
+                                                         # (the JSON's 75 runs: 39,306 s, on two machines)
     python benchmarks/pretrain_table.py --rows random-init,colour-grid,simclr,ab-simclr --steps 1200 --write-docs
                                                          # 3 seeds: 2,319 s on 2 cores (docs/benchmarks.md)
     python benchmarks/pretrain_table.py --quick          # 7 rows, 1 seed, 40 steps, small probes
@@ -140,8 +140,8 @@ PROTOTYPES = {"annotations": "prototypes", "dino_teacher": "sinkhorn", "augmenta
 #: nuisance without the hue jitter that makes the teacher uniform, so the features must carry shape.
 PROTOTYPES_GRAY = {**PROTOTYPES, "augmentations": ("flip", "grayscale")}
 #: DINO's rows with grayscale and a sharper teacher: at the default temperature (0.04) the grayscale runs' teacher
-#: ends nearly flat (entropy 4.4-4.6 of log 256 = 5.55), and so do AB-DINO's TD targets; at 0.02 it ends at 1.8
-#: (seed 0; 0.9 at 0.01, with lower box top-1).
+#: ends nearly flat (entropy 4.4-4.6 of log 256 = 5.55), and so do AB-DINO's TD targets; at 0.02 it ends at 1.7-1.8
+#: and AB-DINO's targets at 3.8, yet AB-DINO still ties DINO (docs/benchmarks.md; 0.01: entropy 0.9, box top-1 lower).
 PROTOTYPES_GRAY_SHARP = {**PROTOTYPES_GRAY, "teacher_temperature": 0.02}
 #: CLIP's rows: at the base lr (2e-3) both towers collapse to one constant embedding within 20 steps and the loss
 #: stays at log B; at 5e-4 (CLIP's own rate) it leaves that plateau. Crops only, as CLIP trains: the hue jitter
