@@ -28,7 +28,8 @@ Rows (``--rows`` takes these names, comma-separated):
   AB-DINO's bootstrapped targets are sharpest; ``ab-dino-gray-gamma0``: AB-DINO with grayscale at gamma 0 (the
   one-step target, which kept AB-DINO's attentive gain flip-only with the sharpest targets), against ``ab-dino-gray``;
 - ``dino-gray-t0.02`` / ``ab-dino-gray-t0.02``: the same with the teacher's temperature halved to 0.02
-  (:data:`PROTOTYPES_GRAY_SHARP`): grayscale flattens the teacher at 0.04, and AB-DINO's gain came with a sharp one.
+  (:data:`PROTOTYPES_GRAY_SHARP`): grayscale flattens the teacher at 0.04, and AB-DINO's gain came with a sharp
+  one (at 0.02 the gain did not come back).
 
 Equal budget: every row is one :class:`agents.config.PretrainConfig` built from the same base (the defaults of
 ``python -m agents.pretrain``, the CPU recipe) with the same ``total_steps`` (``--steps``), plus the row's few
