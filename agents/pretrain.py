@@ -326,13 +326,22 @@ def _sample(config: PretrainConfig, rank: int, step: int, buffer: ReplayBuffer, 
     return batch, generator
 
 
+#: The per-step metrics a run is summarised by, averaged over its last 10% of steps (:func:`tail_means`): the loss
+#: terms, the TD targets' entropy against a uniform target's, and the DINO teacher's entropy and feature cosine.
+TAIL_METRICS = ("base", "bootstrap", "target_entropy", "uniform", "teacher_entropy", "teacher_cosine")
+
+
+def tail_means(metrics: Sequence[dict[str, float]], keys: Sequence[str] = TAIL_METRICS) -> dict[str, float]:
+    """The mean of each of ``keys`` over the last 10% of ``metrics`` (a run's per-step metrics, ``summary["metrics"]``
+    of :func:`train`; at least the last step), for the keys the run logged; ``{}`` for a run of no steps."""
+    tail = metrics[-max(1, len(metrics) // 10):]
+    return {key: sum(m[key] for m in tail) / len(tail) for key in keys if tail and key in tail[0]}
+
+
 def _print_run(summary: dict[str, Any], start: int, world: int, batch_size: int) -> None:
     """One line: steps, speed, the time spent collecting, the last 10% of the loss terms, the target's drift."""
-    history, end, elapsed = summary["metrics"], summary["step"], summary["train_seconds"]
-    tail = history[-max(1, len(history) // 10):]
-    parts = [f"{key} {sum(m[key] for m in tail) / len(tail):.3f}"
-             for key in ("base", "bootstrap", "target_entropy", "uniform", "teacher_entropy", "teacher_cosine")
-             if key in tail[0]]
+    end, elapsed = summary["step"], summary["train_seconds"]
+    parts = [f"{key} {value:.3f}" for key, value in tail_means(summary["metrics"]).items()]
     rate = (end - start) * batch_size * world / elapsed
     print(f"trained steps {start}-{end} in {elapsed:.0f} s ({rate:,.0f} transitions/s); collecting took "
           f"{summary['collect_fraction']:.1%} of it; last 10%: {', '.join(parts)}; target drift "

@@ -91,7 +91,7 @@ from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, 
 from agents.cli import check, flag_name, option
 from agents.config import DEFAULT_AUGMENTATIONS, PretrainConfig
 from agents.network import random_init_encoder
-from agents.pretrain import curve_log_dir, probe_set, read_curves, train, use_bf16
+from agents.pretrain import curve_log_dir, probe_set, read_curves, tail_means, train, use_bf16
 from agents.probe import ColourGridEncoder, ProbeData, chance_scores, run_probes
 
 FIGURE = ROOT / "docs" / "figures" / "pretrain_table.png"
@@ -107,8 +107,11 @@ HEADING = "Pretraining comparison on Shapes"
 PROBES = {"presence_map": ("presence mAP", True), "box_top1": ("box top-1", True), "knn_top1": ("k-NN top-1", True),
           "count_acc": ("count acc", True), "count_mae": ("count MAE", False),
           "attn_presence_map": ("attentive presence mAP", True), "attn_box_top1": ("attentive box top-1", True)}
-#: Training diagnostics each run records (means over its last 10% of steps, or at its end).
-DIAGNOSTICS = ("bootstrap", "target_entropy", "uniform", "target_drift", "collect_fraction")
+#: Training diagnostics every run records: means over its last 10% of steps (:func:`agents.pretrain.tail_means`)...
+TAIL_DIAGNOSTICS = ("bootstrap", "target_entropy", "uniform")
+#: ... and the summary's values at its end.
+END_DIAGNOSTICS = ("target_drift", "collect_fraction", "ema_base_momentum")
+DIAGNOSTICS = (*TAIL_DIAGNOSTICS, *END_DIAGNOSTICS)
 #: The DINO rows' teacher diagnostics (means over the last 10% of steps), recorded where the run logs them: the
 #: teacher's entropy over the prototypes and the mean cosine between the target's features of a batch.
 TEACHER_DIAGNOSTICS = ("teacher_entropy", "teacher_cosine")
@@ -319,15 +322,11 @@ def recorded_overrides(row: Row) -> dict[str, Any]:
 
 
 def run_diagnostics(summary: dict[str, Any]) -> dict[str, float]:
-    """A run's diagnostics from :func:`agents.pretrain.train`'s summary: the means over the last 10% of its steps'
-    metrics of :data:`DIAGNOSTICS`' first three and of :data:`TEACHER_DIAGNOSTICS` (each where the run logged it),
-    and the summary's ``target_drift``, ``collect_fraction`` and ``ema_base_momentum`` at the end."""
-    tail = summary["metrics"][-max(1, len(summary["metrics"]) // 10):]
-    diagnostics = {key: sum(m[key] for m in tail) / len(tail)
-                   for key in (*DIAGNOSTICS[:3], *TEACHER_DIAGNOSTICS) if tail and key in tail[0]}
-    diagnostics.update(target_drift=summary["target_drift"], collect_fraction=summary["collect_fraction"],
-                       ema_base_momentum=summary["ema_base_momentum"])
-    return diagnostics
+    """A run's diagnostics from :func:`agents.pretrain.train`'s summary: the means over the last 10% of its steps of
+    :data:`TAIL_DIAGNOSTICS` and :data:`TEACHER_DIAGNOSTICS` (each where the run logged it), and the summary's
+    :data:`END_DIAGNOSTICS` at the end."""
+    diagnostics = tail_means(summary["metrics"], (*TAIL_DIAGNOSTICS, *TEACHER_DIAGNOSTICS))
+    return diagnostics | {key: summary[key] for key in END_DIAGNOSTICS}
 
 
 def missing_references(runs: dict[str, dict[str, Any]], here: str) -> list[tuple[int, str]]:
