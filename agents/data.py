@@ -162,6 +162,25 @@ def absolute_box(box: torch.Tensor, rel_box: torch.Tensor, flip: torch.Tensor | 
     return torch.stack([x0 + rx0 * w, y0 + ry0 * h, x0 + rx1 * w, y0 + ry1 * h], dim=-1)
 
 
+def pair_iou(box: torch.Tensor, next_box: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of each view's box and its next view's box (row by row, not all pairs): how much
+    of the image a transition's two views share. The paper finds bootstrapping's gains grow as the crops overlap
+    less; this measures the overlap of the transitions a run trains on (``pair_iou`` and ``pair_disjoint``, the
+    fraction of pairs that share no pixel, among :func:`agents.pretrain.train`'s step metrics).
+
+    Args:
+        box: ``float32 [..., 4]`` normalised boxes ``(x0, y0, x1, y1)`` with positive sides.
+        next_box: ``float32 [..., 4]`` boxes in the same image coordinates.
+
+    Returns:
+        ``float32 [...]`` in ``[0, 1]``: 1 for equal boxes, 0 for boxes that share no area.
+    """
+    low, high = torch.maximum(box[..., :2], next_box[..., :2]), torch.minimum(box[..., 2:], next_box[..., 2:])
+    inter = (high - low).clamp_min(0).prod(-1)
+    area = (box[..., 2:] - box[..., :2]).prod(-1) + (next_box[..., 2:] - next_box[..., :2]).prod(-1)
+    return inter / (area - inter)
+
+
 def relative_aug(aug: torch.Tensor, next_aug: torch.Tensor) -> torch.Tensor:
     """The augmentation part of the action: ``next_aug`` with its flip made relative to the current view's.
 

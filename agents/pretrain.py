@@ -40,7 +40,7 @@ from agents import gvf
 from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, save_checkpoint
 from agents.collect import TransitionCollector, rrc_env_kwargs
 from agents.config import PretrainConfig, parse_config
-from agents.data import ReplayBuffer, ReplayFeeder, ShardDataset, Transitions
+from agents.data import ReplayBuffer, ReplayFeeder, ShardDataset, Transitions, pair_iou
 from agents.models import CaptionTokenizer, ViewEncoder
 from agents.network import MODEL_FIELDS, build_network, random_init_encoder
 from agents.probe import LABELLED_DATASETS, ProbeData, ProbeProtocol, format_probe_table, probe_encoder
@@ -296,7 +296,9 @@ class _Learner:
         self.optimizer.step()
         momentum = gvf.ema_momentum(step, config.total_steps, base=self.base_momentum) if config.target_network else 0.0
         gvf.ema_update(self.target, self.online, momentum)
-        metrics.update(lr=lr, momentum=momentum)
+        iou = pair_iou(batch["box"], batch["next_box"])
+        metrics.update(lr=lr, momentum=momentum, pair_iou=float(iou.mean()),
+                       pair_disjoint=float((iou == 0).float().mean()))
         return metrics
 
 
@@ -327,8 +329,10 @@ def _sample(config: PretrainConfig, rank: int, step: int, buffer: ReplayBuffer, 
 
 
 #: The per-step metrics a run is summarised by, averaged over its last 10% of steps (:func:`tail_means`): the loss
-#: terms, the TD targets' entropy against a uniform target's, and the DINO teacher's entropy and feature cosine.
-TAIL_METRICS = ("base", "bootstrap", "target_entropy", "uniform", "teacher_entropy", "teacher_cosine")
+#: terms, the TD targets' entropy against a uniform target's, the DINO teacher's entropy and feature cosine, and the
+#: overlap of the batches' two views (mean IoU, fraction of disjoint pairs).
+TAIL_METRICS = ("base", "bootstrap", "target_entropy", "uniform", "teacher_entropy", "teacher_cosine", "pair_iou",
+                "pair_disjoint")
 
 
 def tail_means(metrics: Sequence[dict[str, float]], keys: Sequence[str] = TAIL_METRICS) -> dict[str, float]:
@@ -363,13 +367,15 @@ class CurveLog:
     (a target entropy near ``log L`` means the bootstrapped targets say little), ``schedule/lr``,
     ``schedule/ema_momentum``, ``target/drift`` (every ``drift_every`` steps), ``speed/views_per_second``,
     ``speed/collect_fraction``, for the prototypes source ``dino/teacher_entropy`` and ``dino/teacher_cosine``
-    (collapse: the entropy at ``log K``, the cosine near 1), and at the end ``probe/<encoder>/<probe>``.
+    (collapse: the entropy at ``log K``, the cosine near 1), ``data/pair_iou`` and ``data/pair_disjoint`` (the
+    overlap of the batch's two views: :func:`agents.data.pair_iou`), and at the end ``probe/<encoder>/<probe>``.
     """
 
     METRICS = {"loss": "loss/total", "base": "loss/base", "bootstrap": "loss/bootstrap",
                "target_entropy": "bootstrap/target_entropy", "uniform": "bootstrap/uniform", "lr": "schedule/lr",
                "momentum": "schedule/ema_momentum", "teacher_entropy": "dino/teacher_entropy",
-               "teacher_cosine": "dino/teacher_cosine"}
+               "teacher_cosine": "dino/teacher_cosine", "pair_iou": "data/pair_iou",
+               "pair_disjoint": "data/pair_disjoint"}
 
     def __init__(self, log_dir: str | Path | None) -> None:
         self.writer = None

@@ -51,7 +51,8 @@ between CPUs: each trained run is set against the floors probed on its own machi
 the table shows a floor's other machines in rows under it). The table gives the mean and
 the sample standard deviation over seeds; each run also records the diagnostics of its last 10% of steps (the
 bootstrap cross-entropy, the entropy of the TD targets against that of a uniform target, the DINO teacher's entropy
-and feature cosine, the target network's drift and the fraction of time spent collecting).
+and feature cosine, the overlap of the batches' two views (mean IoU, fraction of disjoint pairs), the target network's
+drift and the fraction of time spent collecting).
 
 Outputs: the table and a plain reading on stdout; the raw per-seed results as JSON (``--json``, written after every
 run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pairs it already holds); a PNG of
@@ -108,7 +109,7 @@ PROBES = {"presence_map": ("presence mAP", True), "box_top1": ("box top-1", True
           "count_acc": ("count acc", True), "count_mae": ("count MAE", False),
           "attn_presence_map": ("attentive presence mAP", True), "attn_box_top1": ("attentive box top-1", True)}
 #: Training diagnostics every run records: means over its last 10% of steps (:func:`agents.pretrain.tail_means`)...
-TAIL_DIAGNOSTICS = ("bootstrap", "target_entropy", "uniform")
+TAIL_DIAGNOSTICS = ("bootstrap", "target_entropy", "uniform", "pair_iou", "pair_disjoint")
 #: ... and the summary's values at its end.
 END_DIAGNOSTICS = ("target_drift", "collect_fraction", "ema_base_momentum")
 DIAGNOSTICS = (*TAIL_DIAGNOSTICS, *END_DIAGNOSTICS)

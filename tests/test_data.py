@@ -25,6 +25,7 @@ from agents.data import (
     ShardFormatError,
     absolute_box,
     concat_transitions,
+    pair_iou,
     relative_box,
     write_shards,
 )
@@ -73,6 +74,20 @@ def test_collected_rel_box_maps_box_to_next_box(tiny_shapes):
         torch.testing.assert_close(absolute_box(batch["box"], batch["rel_box"], batch["aug"][:, 0]),
                                    batch["next_box"])
         assert batch["rel_box"].dtype == torch.float32 and batch["rel_box"].shape == (16, 4)
+
+
+def test_pair_iou_hand_computed_and_against_torchvision():
+    box = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5], [0.2, 0.2, 0.4, 0.6]])
+    nxt = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5], [0.5, 0.0, 1.0, 0.5], [0.6, 0.0, 0.9, 0.1]])
+    # Equal; half of each shared (0.125 / 0.375); touching edges; apart.
+    torch.testing.assert_close(pair_iou(box, nxt), torch.tensor([1.0, 1 / 3, 0.0, 0.0]))
+    torchvision_ops = pytest.importorskip("torchvision.ops")
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(2, 64, 2, 2, generator=generator).sort(dim=-1).values  # (box or next, row, x|y, low|high)
+    a, b = (c.transpose(1, 2).reshape(64, 4) for c in corners)  # (x0, y0, x1, y1)
+    assert bool((a[:, 2:] > a[:, :2]).all() and (b[:, 2:] > b[:, :2]).all())
+    torch.testing.assert_close(pair_iou(a, b), torchvision_ops.box_iou(a, b).diagonal())
+    assert pair_iou(a[0], b[0]).shape == ()  # unbatched
 
 
 # ----------------------------------------------------------------------------------------------- autoreset modes

@@ -251,6 +251,18 @@ def test_without_a_target_network_the_target_is_the_online_network(tiny_shapes, 
     assert parse_config(["--no-target-network"]).target_network is False
 
 
+def test_each_step_records_how_much_its_two_views_overlap(tiny_shapes, tmp_path):
+    """``pair_iou`` / ``pair_disjoint``: the batch's mean IoU of x and x' and the fraction of pairs sharing no pixel
+    (the paper: gains grow as the crops overlap less). Two crops each covering at least half of the image always
+    overlap; crops of at most a quarter of it often do not."""
+    large = train(tiny(tiny_shapes, tmp_path / "large", annotations="views", total_steps=6, crop_scale=(0.5, 1.0)))
+    small = train(tiny(tiny_shapes, tmp_path / "small", annotations="views", total_steps=6, crop_scale=(0.05, 0.25)))
+    assert all(m["pair_disjoint"] == 0.0 and 0.0 < m["pair_iou"] <= 1.0 for m in large["metrics"])
+    mean = {name: sum(m["pair_iou"] for m in run["metrics"]) / 6 for name, run in (("large", large), ("small", small))}
+    assert mean["small"] < mean["large"], mean
+    assert sum(m["pair_disjoint"] for m in small["metrics"]) > 0
+
+
 def test_training_curves_go_to_tensorboard(tiny_shapes, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -263,7 +275,7 @@ def test_training_curves_go_to_tensorboard(tiny_shapes, tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"loss/total", "loss/base", "loss/bootstrap", "bootstrap/target_entropy", "bootstrap/uniform",
             "schedule/lr", "schedule/ema_momentum", "target/drift", "speed/views_per_second",
-            "speed/collect_fraction"} <= tags
+            "speed/collect_fraction", "data/pair_iou", "data/pair_disjoint"} <= tags
     losses = events.Scalars("loss/total")
     assert [e.step for e in losses] == list(range(6))
     assert [round(e.value, 4) for e in losses] == [round(v, 4) for v in summary["losses"]]
