@@ -68,6 +68,11 @@ markers.
     python benchmarks/pretrain_table.py --resume-json runs/pretrain_table.json --reprobe --write-docs
                                  # a probe changed: probe every held run again from its checkpoint in --out-dir
                                  # (51 runs of docs/benchmarks.md's table: 674 s on 2 cores)
+    python benchmarks/pretrain_table.py --rows ROWS --resume-json docs/results/pretrain_table.json --reprobe \
+        --probe-train-images 10000 --json docs/results/pretrain_table_all_images.json \
+        --docs-section pretrain_table_all_images --write-docs
+                                 # other probe settings: the runs of ROWS probed again into a new JSON (the old
+                                 # one keeps its own protocol's scores) and a docs section of their own
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -101,8 +107,18 @@ CURVES_FIGURE = ROOT / "docs" / "figures" / "pretrain_curves.png"
 #: TensorBoard tags kept per run (at most CURVE_POINTS points each): the diagnostics of the bootstrapped target.
 CURVE_TAGS = ("loss/base", "loss/bootstrap", "bootstrap/target_entropy", "bootstrap/uniform", "target/drift")
 CURVE_POINTS = 60
-START, END = "<!-- pretrain_table:start -->", "<!-- pretrain_table:end -->"
+#: The docs section ``--write-docs`` writes by default; another ``--docs-section`` (e.g. the table under other probe
+#: settings) gets its own markers, heading, figure and curves figure.
+SECTION = "pretrain_table"
 HEADING = "Pretraining comparison on Shapes"
+
+
+def markers(section: str) -> tuple[str, str]:
+    """The HTML comments around a generated docs section."""
+    return f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+
+
+START, END = markers(SECTION)
 
 #: Probe keys, their column names, and whether higher is better.
 PROBES = {"presence_map": ("presence mAP", True), "box_top1": ("box top-1", True), "knn_top1": ("k-NN top-1", True),
@@ -238,6 +254,10 @@ def base_config(args: TableArgs) -> PretrainConfig:
         raise
 
 
+#: The settings of the probes alone: a JSON's runs may be probed again under others (``--reprobe --json NEW``).
+PROBE_SETTINGS = ("probe_train_images", "probe_val_images")
+
+
 def settings(base: PretrainConfig, args: TableArgs) -> dict[str, Any]:
     """What must match for results to be comparable (and for ``--resume-json`` to continue them)."""
     config = config_to_dict(base)
@@ -288,7 +308,8 @@ def reprobe(config: PretrainConfig, data: ProbeData) -> dict[str, float]:
     except CheckpointError as error:
         raise ValueError(f"--reprobe: {error}") from None
     # What the run was: every field but where it was written and how it was watched (the checkpoints may have moved).
-    differ = differing(payload["config"], config, ("out", "resume", "progress", "device", "num_workers"))
+    differ = differing(payload["config"], config, ("out", "resume", "progress", "device", "num_workers",
+                                                    "probe_train_images"))
     if differ:
         raise ValueError(f"--reprobe: {checkpoint} is of another run ({', '.join(differ)} differ); point --out-dir "
                          "at the checkpoints of the JSON's runs")
@@ -725,7 +746,8 @@ def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: Path) -> None:
+def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: Path, section_name: str = SECTION
+               ) -> None:
     figure_ref = relative(figure, DOCS.parent)
     base = meta["settings"]["config"]
     invocations = meta["invocations"]  # every command that added runs to the JSON (or only rewrote this section)
@@ -735,8 +757,11 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
                                  if i.get("floors_probed_here") else "")
                               + f", wall time {i['wall_seconds']:.0f} s, commit {i['commit']})" for i in invocations)
     machines = "; ".join(dict.fromkeys(i["machine"] for i in invocations))
+    start, end = markers(section_name)
+    heading = HEADING if section_name == SECTION else (
+        f"{HEADING}, probes fitted on {meta['settings']['probe_train_images']:,} train images")
     section = "\n".join([
-        START,
+        start,
         f"Measured with {commands} on {machines}. The {meta['runs_total']} runs in the JSON took "
         f"{meta['run_seconds']:.0f} s of pretraining and probing.",
         "",
@@ -769,9 +794,9 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
         *(["", f"Rows not in this run: {'; '.join(meta['missing'])} "
                "(`python benchmarks/pretrain_table.py --write-docs` runs every row with 3 seeds)."]
           if meta["missing"] else []),
-        END,
+        end,
     ])
-    write_section(DOCS, START, END, section, HEADING)
+    write_section(DOCS, start, end, section, heading)
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -818,6 +843,10 @@ class TableArgs:
     plot: Path | None = option(None, f"the PNG (default: {FIGURE.relative_to(ROOT)} with --write-docs, else "
                                "OUT_DIR/pretrain_table.png)")
     write_docs: bool = option(False, f"write the section of {DOCS.relative_to(ROOT)}")
+    docs_section: str = option(SECTION, f"the section --write-docs writes (its markers <!-- NAME:start/end -->); "
+                               f"another than {SECTION} (e.g. a table under other probe settings) is appended under "
+                               "its own heading the first time, with its figures docs/figures/NAME.png and "
+                               "NAME_curves.png")
     progress: bool = option(False, "progress bars of pretraining and probes")
     #: ``rows`` as a list, and ``overrides`` as PretrainConfig values (set from the fields above).
     row_names: list[str] = field(init=False)
@@ -839,12 +868,15 @@ class TableArgs:
               self.probe_val_images, "an integer >= 1 (or none: the whole val split)")
         check(self.buffer_size is None or self.buffer_size >= 1, "buffer_size", self.buffer_size, "an integer >= 1")
         self.config_overrides = dict(self._override(item) for item in self.overrides)
+        check(re.fullmatch(r"[a-z0-9_]+", self.docs_section) is not None, "docs_section", self.docs_section,
+              "a name of lower-case letters, digits and underscores")
         check(not self.reprobe or self.resume_json is not None, "reprobe", self.reprobe,
               "used with --resume-json (the JSON whose runs are probed again)")
         if self.json is None:
             self.json = self.resume_json or Path("runs/pretrain_table.json")
         if self.plot is None:
-            self.plot = FIGURE if self.write_docs else self.out_dir / "pretrain_table.png"
+            self.plot = ((FIGURE if self.docs_section == SECTION else FIGURE.with_name(f"{self.docs_section}.png"))
+                         if self.write_docs else self.out_dir / "pretrain_table.png")
 
     @staticmethod
     def _override(item: str) -> tuple[str, Any]:
@@ -885,10 +917,40 @@ def _resumed_document(args: TableArgs, wanted: dict[str, Any]) -> dict[str, Any]
     if old != wanted:
         differ = sorted({k for k in (*wanted["config"], *old.get("config", {}))
                          if wanted["config"].get(k) != old.get("config", {}).get(k)}
-                        | {k for k in ("probe_train_images", "probe_val_images") if wanted[k] != old.get(k)})
+                        | {k for k in PROBE_SETTINGS if wanted[k] != old.get(k)})
+        if args.reprobe and set(differ) <= set(PROBE_SETTINGS):
+            return _under_new_probes(args, previous, wanted, differ)
         raise ValueError(f"--resume-json {path} was written with other settings ({', '.join(differ)} differ); "
-                         "rerun with the same flags or start a new JSON")
+                         "rerun with the same flags, start a new JSON, or (when only the probe settings differ) "
+                         "probe its runs again into a new one with --reprobe --json NEW")
     return previous
+
+
+def _under_new_probes(args: TableArgs, previous: dict[str, Any], wanted: dict[str, Any], differ: Sequence[str]
+                      ) -> dict[str, Any]:
+    """A new document for ``--reprobe`` under other probe settings (``differ``, among :data:`PROBE_SETTINGS`): the
+    runs of ``--rows`` x ``--seeds`` that ``previous`` holds, to be probed again from their checkpoints, and
+    nothing else (a run not probed again has the old protocol's scores, which do not compare). The commands that
+    trained the runs stay in its ``invocations``; ``reprobed_from`` names the old JSON and its settings.
+
+    Raises:
+        ValueError: ``--json`` is ``--resume-json`` itself (the old protocol's results would be lost), or the old
+            JSON holds none of the runs asked for.
+    """
+    path = args.resume_json
+    if Path(args.json).resolve() == Path(path).resolve():
+        raise ValueError(f"--reprobe under other probe settings ({', '.join(differ)} differ from {path}'s) writes "
+                         f"a new JSON: pass --json NEW (then {path} keeps the scores of its own protocol)")
+    seeds = {str(seed) for seed in range(args.seeds)}
+    runs = {name: {seed: run for seed, run in previous["runs"].get(name, {}).items() if seed in seeds}
+            for name in args.row_names}
+    runs = {name: per_seed for name, per_seed in runs.items() if per_seed}
+    if not runs:
+        raise ValueError(f"--reprobe: {path} holds no run of the rows {', '.join(args.row_names)} for seeds "
+                         f"0-{args.seeds - 1}; nothing to probe again under the new settings")
+    return {"settings": wanted, "runs": runs, "invocations": list(previous["invocations"]),
+            "reprobed_from": {"json": relative(Path(path)), "settings": previous.get("settings", {}),
+                              "differ": list(differ)}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -990,7 +1052,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in lines:
         print(line)
     plot(table, args.plot)
-    curves_path = CURVES_FIGURE if args.plot == FIGURE else args.plot.with_name("pretrain_curves.png")
+    curves_path = (CURVES_FIGURE if args.plot == FIGURE else args.plot.with_name(
+        "pretrain_curves.png" if args.docs_section == SECTION else f"{args.docs_section}_curves.png"))
     curves_drawn = plot_curves(runs, curves_path)
     run_seconds = sum((r.get("train_seconds") or 0) + (r.get("probe_seconds") or 0)
                       + sum(e.get("probe_seconds", 0) for e in r.get("by_machine", {}).values())
@@ -1002,7 +1065,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "missing": [ROWS[n].label for n in ROWS if n not in table],
                 "curves_figure": curves_path if curves_drawn else None,
                 "curve_rows": [ROWS[n].label for n in ROWS if any(r.get("curves") for r in runs.get(n, {}).values())]}
-        write_docs(table_text, lines, meta, args.plot)
+        write_docs(table_text, lines, meta, args.plot, args.docs_section)
         print(f"wrote {DOCS}")
     return 0
 

@@ -128,6 +128,49 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     assert "--resume-json" in capsys.readouterr().err
 
 
+def test_reprobe_under_other_probe_settings_writes_a_new_json(tiny_shapes, tmp_path, capsys):
+    """The probes changed (more train images): the runs of the rows asked for are probed again from their
+    checkpoints into a new JSON of the new settings, their training results kept; the old JSON is untouched."""
+    old, new, out_dir = tmp_path / "old.json", tmp_path / "new.json", tmp_path / "runs"
+    common = ["--shapes-root", str(tiny_shapes), "--out-dir", str(out_dir), "--plot", str(tmp_path / "t.png"),
+              "--probe-val-images", "6", *TINY]
+    assert pretrain_table.main([*common, "--rows", "random-init,ab-simclr", "--probe-train-images", "4",
+                                "--json", str(old)]) == 0
+    before = old.read_text()
+    first = json.loads(before)
+    capsys.readouterr()
+    # Other probe settings without --reprobe, or into the same JSON: refused, each saying what to do.
+    with pytest.raises(SystemExit):
+        pretrain_table.main([*common, "--rows", "ab-simclr", "--probe-train-images", "8", "--resume-json", str(old)])
+    assert "probe_train_images differ" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pretrain_table.main([*common, "--rows", "ab-simclr", "--probe-train-images", "8", "--resume-json", str(old),
+                             "--reprobe"])
+    assert "pass --json NEW" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pretrain_table.main([*common, "--rows", "labels", "--probe-train-images", "8", "--resume-json", str(old),
+                             "--reprobe", "--json", str(new)])
+    assert "holds no run of the rows labels" in capsys.readouterr().err
+    assert old.read_text() == before and not new.exists()
+    # Only ab-simclr asked for: random init is left out of the new JSON (its scores are of the old probes).
+    assert pretrain_table.main([*common, "--rows", "ab-simclr", "--probe-train-images", "8", "--resume-json",
+                                str(old), "--reprobe", "--json", str(new)]) == 0
+    assert "0 runs and 1 probed again" in capsys.readouterr().out
+    second = json.loads(new.read_text())
+    assert old.read_text() == before
+    assert second["settings"]["probe_train_images"] == 8 and set(second["runs"]) == {"ab-simclr"}
+    assert second["reprobed_from"]["differ"] == ["probe_train_images"]
+    assert second["reprobed_from"]["settings"]["probe_train_images"] == 4
+    assert len(second["invocations"]) == 2 and second["invocations"][0] == first["invocations"][0]
+    held, again = first["runs"]["ab-simclr"]["0"], second["runs"]["ab-simclr"]["0"]
+    assert again["train_seconds"] == held["train_seconds"] and again["diagnostics"] == held["diagnostics"]
+    assert "reprobed" in again and again["probes"] != held["probes"]  # fitted on 8 train images, not 4
+    # The new JSON resumes under its own settings like any other.
+    assert pretrain_table.main([*common, "--rows", "ab-simclr", "--probe-train-images", "8", "--resume-json",
+                                str(new)]) == 0
+    assert "skip ab-simclr seed 0" in capsys.readouterr().out
+
+
 def test_resume_refuses_other_settings(tiny_shapes, tmp_path, capsys):
     results = tmp_path / "table.json"
     results.write_text(json.dumps({"settings": {"config": {"total_steps": 999}}, "runs": {}, "invocations": []}))
@@ -196,6 +239,15 @@ def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp
     assert "200 steps x 64 transitions (12,800 samples)" in text and "policy rrc, 4 views per image" in text
     assert "Raw per-seed results: `docs/results/pretrain_table.json`." in text
     assert "- Below the random-init encoder on box top-1 by more than the seed spread: SimCLR." in text
+    # Another section (the table under other probe settings): appended once under its own heading, then replaced
+    # in place; the default section is left as it was.
+    other = {**meta, "settings": {**meta["settings"], "probe_train_images": 10000}}
+    for _ in range(2):
+        pretrain_table.write_docs("| new table |", lines, other, tmp_path / "figure2.png", "pretrain_table_all")
+    again = docs.read_text()
+    assert again.startswith(text) and again.count("<!-- pretrain_table_all:start -->") == 1
+    assert again.count("## Pretraining comparison on Shapes, probes fitted on 10,000 train images") == 1
+    assert "| new table |" in again and "figure2.png" in again
 
 
 def test_resume_refuses_a_corrupt_json(tiny_shapes, tmp_path, capsys):
