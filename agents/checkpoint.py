@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.config import PretrainConfig
+from agents.config import LEGACY_DEFAULTS, PretrainConfig
 from agents.models import CaptionTokenizer, ViewEncoder
 from agents.network import build_network
 
@@ -92,6 +92,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     unknown = sorted(set(config) - known)
     if unknown:
         raise CheckpointError(f"{path} holds config fields {unknown} that this version does not know")
+    config = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k not in config}, **config}  # written before k existed
     config["augmentations"] = tuple(config.get("augmentations", ()))
     payload["config"] = PretrainConfig(**config)
     return payload

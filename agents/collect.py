@@ -8,8 +8,9 @@ transitions, either every ordered pair of its views (``pairs="all"``) or each vi
 Policies:
 
 - :class:`RandomResizedCrop` (``"rrc"``, the default, the paper's data): every step jumps to an independent
-  RandomResizedCrop view of the same image (area log-uniform in ``scale``, aspect log-uniform in ``ratio``, uniform
-  position, random flip and colour strengths), in an environment whose first view is drawn the same way
+  RandomResizedCrop view of the same image (area uniform in ``scale``, aspect log-uniform in ``ratio``, a draw
+  that does not fit drawn again, as torchvision's; uniform position, random flip and colour strengths), in an
+  environment whose first view is drawn the same way
   (:func:`rrc_env_kwargs`). An episode of ``V`` views, all ordered pairs: ``V (V - 1)`` transitions per image.
 - :class:`UniformRelativeBox` (``"uniform"``): the random walk, uniform continuous (or discrete) actions.
 - any callable ``fn(obs, info)`` or stable-baselines3 model.
@@ -49,7 +50,7 @@ from agents.data import (
     relative_box,
     write_shards,
 )
-from view_env import AUGMENTATIONS, EnvParams
+from view_env import AUGMENTATIONS, INIT_AREAS, EnvParams, retry_columns
 from view_env.data import DATASETS, DatasetFormatError, DatasetNotFoundError
 from view_env.vector import ViewTransformVectorEnv
 
@@ -64,6 +65,8 @@ SB3_ALGORITHMS: tuple[str, ...] = ("a2c", "dqn", "ppo", "sac", "td3")
 #: The paper's RandomResizedCrop ranges: area fraction and aspect ratio.
 RRC_SCALE: tuple[float, float] = (0.05, 1.0)
 RRC_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
+#: How RandomResizedCrop draws a view's area in its scale range: uniformly, as torchvision, timm and big_vision do.
+RRC_AREA = "uniform"
 
 
 # ----------------------------------------------------------------------------------------------- behaviour policies
@@ -133,16 +136,21 @@ class UniformRelativeBox(BehaviourPolicy):
 
 
 def rrc_env_kwargs(views: int = 4, scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO,
-                   augmentations: Sequence[str] = ("flip",)) -> dict[str, Any]:
+                   augmentations: Sequence[str] = ("flip",), area: str = RRC_AREA) -> dict[str, Any]:
     """Environment arguments under which :class:`RandomResizedCrop` reproduces the paper's views.
 
     Episodes of ``views - 1`` absolute actions, so ``views`` views per image; the first view is drawn like the
-    others (``init_scale=scale``, ``init_aspect=ratio``, ``init_augment=True``); the smallest legal view is
-    ``scale[0]``.
+    others (``init_scale=scale``, ``init_area=area``, ``init_aspect=ratio``, ``init_augment=True``); the smallest
+    legal view is ``scale[0]``. ``area="uniform"`` (default) draws the area uniformly in ``scale``, as
+    torchvision's RandomResizedCrop does; ``"log-uniform"`` draws its logarithm uniformly (smaller views: a mean
+    area of 0.32 over ``(0.05, 1)`` against about 0.5), as this project did before.
 
     Raises:
-        ValueError: ``views < 2``, or a range that is not ``0 < low <= high`` (``scale`` within ``(0, 1]``).
+        ValueError: ``views < 2``, or a range that is not ``0 < low <= high`` (``scale`` within ``(0, 1]``), or
+            an ``area`` law other than ``view_env.core.INIT_AREAS``.
     """
+    if area not in INIT_AREAS:
+        raise ValueError(f"area={area!r} is invalid: expected one of {INIT_AREAS} (how the view's area is drawn)")
     if isinstance(views, bool) or not isinstance(views, int) or views < 2:
         raise ValueError(f"views={views!r} is invalid: a transition needs at least 2 views of an image (the paper "
                          "uses 4)")
@@ -150,7 +158,7 @@ def rrc_env_kwargs(views: int = 4, scale: tuple[float, float] = RRC_SCALE, ratio
         raise ValueError(f"scale={scale!r} is invalid: expected (low, high) area fractions with 0 < low <= high <= 1")
     if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
         raise ValueError(f"ratio={ratio!r} is invalid: expected (low, high) aspect ratios with 0 < low <= high")
-    return {"action_mode": "absolute", "max_episode_steps": views - 1, "init_scale": tuple(scale),
+    return {"action_mode": "absolute", "max_episode_steps": views - 1, "init_scale": tuple(scale), "init_area": area,
             "init_aspect": tuple(ratio), "init_augment": True, "min_scale": scale[0],
             "max_aspect": max(2.0, ratio[1], 1 / ratio[0]), "augmentations": tuple(augmentations)}
 
@@ -196,7 +204,10 @@ class RandomResizedCrop(BehaviourPolicy):
     def __call__(self, obs: Observation, info: Mapping[str, Any]) -> torch.Tensor:
         """``float32 [N, 4 + A]`` absolute actions: a RandomResizedCrop box of each image and uniform strengths."""
         u = torch.rand((self.num_envs, self.params.action_dim), generator=self.generator, device=self.device)
-        boxes, strengths = random_resized_crops(u, info["image_size"].to(self.device), self.params)
+        extra = retry_columns(self.params)  # drawn after u: under the log-uniform law the draws are as before
+        retries = (torch.rand((self.num_envs, extra), generator=self.generator, device=self.device)
+                   if extra else None)
+        boxes, strengths = random_resized_crops(u, info["image_size"].to(self.device), self.params, retries)
         return torch.cat([boxes, strengths], dim=1)
 
 

@@ -18,13 +18,16 @@ from agents.cli import check, flag_name, option
 from agents.gvf import BACKUPS
 from agents.models import ENCODERS, TIMM_PREFIX
 from agents.sources import DINO_TEACHERS, SOURCES
-from view_env import AUGMENTATIONS, EnvParams
+from view_env import AUGMENTATIONS, INIT_AREAS, EnvParams
 
 ENV_NAMES = ("shapes", "coco", "images", "video", "webdataset")
 #: Behaviour policies the pretrainer can collect with (see :mod:`agents.collect`).
 POLICY_NAMES = ("rrc", "uniform")
 #: The default augmentations of the collected views: flips and colour jitter.
 DEFAULT_AUGMENTATIONS: tuple[str, ...] = ("flip", "brightness", "contrast", "saturation", "hue")
+#: Fields added with a default that behaves otherwise than the code before them: a config written before a field
+#: existed (a checkpoint, a comparison table's JSON) ran with this value, not with the field's default.
+LEGACY_DEFAULTS: dict[str, Any] = {"crop_area": "log-uniform"}
 
 
 def check_env_value(name: str, value: Any) -> None:
@@ -108,6 +111,9 @@ class PretrainConfig:
                                            "the smallest probe crop.")
     crop_ratio: tuple[float, ...] = option((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range, as "
                                            "``low,high``.")
+    crop_area: str = option("uniform", "How a view's area is drawn in ``crop_scale``: ``uniform`` (torchvision's "
+                            "RandomResizedCrop, the paper's views; mean area about 0.5 over 0.05-1) or "
+                            "``log-uniform`` (smaller views, mean 0.32: the law of runs before this field existed).")
     buffer_size: int = option(8192, "Transitions held by the replay ring buffer (per process); memory does not "
                               "grow beyond it.")
     replay_ratio: float = option(2.0, "Times each transition is sampled on average: after the buffer is first "
@@ -189,6 +195,7 @@ class PretrainConfig:
              "'low,high' aspect ratios with 0 < low <= high")
         need(self.ema_momentum is None or 0.0 <= self.ema_momentum <= 1.0, "ema_momentum",
              "a value in [0, 1] or None (chosen from the run's length)")
+        need(self.crop_area in INIT_AREAS, "crop_area", f"one of {', '.join(INIT_AREAS)}")
         need(self.lr > 0, "lr", "a learning rate > 0")
         need(self.weight_decay >= 0, "weight_decay", ">= 0")
         need(self.warmup_steps is None or (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0),

@@ -201,19 +201,21 @@ def relative_aug(aug: torch.Tensor, next_aug: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def random_resized_crops(uniforms: torch.Tensor, image_size: torch.Tensor, params: EnvParams
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def random_resized_crops(uniforms: torch.Tensor, image_size: torch.Tensor, params: EnvParams,
+                         retries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Independent RandomResizedCrop views of images: the boxes and augmentation strengths of absolute actions.
 
-    The box is drawn as the environment draws its first view (:func:`view_env.initial_boxes`: area log-uniform in
-    ``params.init_scale``, pixel aspect log-uniform in ``params.init_aspect``, uniform position, then the legal
-    projection), so every box lies inside its image; each enabled augmentation gets a strength uniform in
-    ``[-1, 1]``.
+    The box is drawn as the environment draws its first view (:func:`view_env.initial_boxes`: area drawn by
+    ``params.init_area`` in ``params.init_scale``, again while it does not fit under the ``"uniform"`` law, pixel
+    aspect log-uniform in ``params.init_aspect``, uniform position, then the legal projection), so every box lies
+    inside its image; each enabled augmentation gets a strength uniform in ``[-1, 1]``.
 
     Args:
         uniforms: ``float32 [..., 4 + A]`` uniform draws in ``[0, 1)`` (``A = len(params.augmentations)``).
         image_size: ``int64 [..., 2]`` ``(height, width)`` of each view's image, same leading shape.
         params: The environment's parameters.
+        retries: ``float32 [..., 2 * k]`` uniform draws of the further tries of the ``"uniform"`` area law
+            (``view_env.core.retry_columns(params)`` of them), same leading shape; ``None``: none.
 
     Returns:
         ``float32 [..., 4]`` boxes ``(x0, y0, x1, y1)`` and ``float32 [..., A]`` strengths.
@@ -221,7 +223,8 @@ def random_resized_crops(uniforms: torch.Tensor, image_size: torch.Tensor, param
     lead = uniforms.shape[:-1]
     flat = uniforms.reshape(-1, uniforms.shape[-1])
     sizes = image_size.reshape(-1, 2).to(torch.float32)
-    boxes = initial_boxes(flat[:, :4], sizes[:, 1] / sizes[:, 0], params)
+    extra = None if retries is None else retries.reshape(-1, retries.shape[-1])
+    boxes = initial_boxes(flat[:, :4], sizes[:, 1] / sizes[:, 0], params, extra)
     return boxes.reshape(*lead, 4), (flat[:, 4:] * 2 - 1).reshape(*lead, -1)
 
 

@@ -49,7 +49,7 @@ from torch import nn
 from agents.data import random_resized_crops, relative_aug, relative_box
 from agents.models import IMAGENET_MEAN, IMAGENET_STD, ActionTokenizer, EncoderOutput, ProjectionHead, ValueHead
 from agents.sources import AnnotationSource, Encoded, LabelSource, label_distribution, soft_cross_entropy
-from view_env import AUGMENTATIONS, EnvParams, augment, identity_aug
+from view_env import AUGMENTATIONS, EnvParams, augment, identity_aug, retry_columns
 
 BACKUPS = ("max", "mean")
 
@@ -167,7 +167,9 @@ def sample_next_actions(next_box: torch.Tensor, next_aug: torch.Tensor, next_ima
     b = next_box.shape[0]
     device = next_box.device
     u = torch.rand((b, k, 4 + len(params.augmentations)), generator=generator, device=device)
-    boxes, strengths = random_resized_crops(u, next_image_size.to(device)[:, None].expand(b, k, 2), params)
+    extra = retry_columns(params)  # drawn after u: the log-uniform law's candidates do not change
+    retries = torch.rand((b, k, extra), generator=generator, device=device) if extra else None
+    boxes, strengths = random_resized_crops(u, next_image_size.to(device)[:, None].expand(b, k, 2), params, retries)
     augs = augment(identity_aug(b * k, device), strengths.reshape(b * k, -1), params).view(b, k, -1)  # (B, K, 7)
     flip = next_aug[:, None, AUGMENTATIONS.index("flip")].expand(b, k)
     rel_box = relative_box(next_box[:, None].expand(b, k, 4), boxes, flip)  # (B, K, 4) in x''s own frame

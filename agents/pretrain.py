@@ -49,8 +49,8 @@ from view_env.data import ImageDataset, load_dataset
 from view_env.vector import ViewTransformVectorEnv
 
 #: Fields that define the data stream: a resumed run replays its buffer only under the same values.
-STREAM_FIELDS = ("env", "root", "split", "data", "policy", "views", "crop_scale", "crop_ratio", "num_envs",
-                 "max_episode_steps", "augmentations", "max_pan", "buffer_size", "seed", "max_images")
+STREAM_FIELDS = ("env", "root", "split", "data", "policy", "views", "crop_scale", "crop_ratio", "crop_area",
+                 "num_envs", "max_episode_steps", "augmentations", "max_pan", "buffer_size", "seed", "max_images")
 
 
 def learning_rate(config: PretrainConfig, step: int) -> float:
@@ -87,16 +87,18 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 
 def next_view_params(config: PretrainConfig) -> EnvParams:
-    """The distribution of the backup's candidate next views: RandomResizedCrop views in ``crop_scale`` and
-    ``crop_ratio`` with the run's augmentations (the default behaviour policy's own distribution)."""
+    """The distribution of the backup's candidate next views: RandomResizedCrop views in ``crop_scale`` (area drawn
+    by ``crop_area``) and ``crop_ratio`` with the run's augmentations (the default behaviour policy's own
+    distribution)."""
     return EnvParams(**{key: value for key, value in collector_env_kwargs(config).items()
-                        if key in ("init_scale", "init_aspect", "min_scale", "max_aspect")},
+                        if key in ("init_scale", "init_area", "init_aspect", "min_scale", "max_aspect")},
                      augmentations=config.augmentations)
 
 
 def collector_env_kwargs(config: PretrainConfig) -> dict[str, Any]:
     """Environment arguments of the collecting environments for ``config.policy``."""
-    kwargs = rrc_env_kwargs(config.views, tuple(config.crop_scale), tuple(config.crop_ratio), config.augmentations)
+    kwargs = rrc_env_kwargs(config.views, tuple(config.crop_scale), tuple(config.crop_ratio), config.augmentations,
+                            config.crop_area)
     if config.policy == "uniform":  # the random walk: relative moves from an RRC-drawn first view
         kwargs.update(action_mode="continuous", max_episode_steps=config.max_episode_steps, max_pan=config.max_pan)
     return kwargs

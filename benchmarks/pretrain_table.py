@@ -96,7 +96,7 @@ from common import DOCS, ROOT, commit, machine, relative, write_section
 from agents import cli
 from agents.checkpoint import CheckpointError, config_to_dict, load_checkpoint, load_encoder
 from agents.cli import check, flag_name, option
-from agents.config import DEFAULT_AUGMENTATIONS, PretrainConfig
+from agents.config import DEFAULT_AUGMENTATIONS, LEGACY_DEFAULTS, PretrainConfig
 from agents.network import random_init_encoder
 from agents.pretrain import curve_log_dir, probe_set, read_curves, tail_means, train, use_bf16
 from agents.probe import ColourGridEncoder, ProbeData, chance_scores, run_probes
@@ -911,7 +911,7 @@ def _resumed_document(args: TableArgs, wanted: dict[str, Any]) -> dict[str, Any]
     if isinstance(old.get("config"), dict):
         # A field added to PretrainConfig after the JSON was written takes its default there: defaults keep the
         # behaviour the code had before the field existed.
-        defaults = config_to_dict(PretrainConfig())
+        defaults = {**config_to_dict(PretrainConfig()), **LEGACY_DEFAULTS}
         old["config"] = {**{k: defaults[k] for k in wanted["config"] if k not in old["config"] and k in defaults},
                          **old["config"]}
     if old != wanted:

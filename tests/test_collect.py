@@ -22,7 +22,7 @@ from agents.config import PretrainConfig
 from agents.data import absolute_box, relative_aug, relative_box
 from agents.pretrain import next_view_params
 from view_env import AUGMENTATIONS, EnvParams
-from view_env.core import identity_aug
+from view_env.core import identity_aug, initial_boxes, retry_columns
 from view_env.render import render_views
 from view_env.vector import ViewTransformVectorEnv, aug_from_state
 
@@ -34,6 +34,48 @@ def rrc_env(tiny_shapes, num_envs=6, views=4, **kwargs):
     env_kwargs = {**rrc_env_kwargs(views, augmentations=("flip", "brightness")), **kwargs}
     return ViewTransformVectorEnv(num_envs, dataset="shapes", root=str(tiny_shapes), obs_size=OBS, progress=False,
                                   **env_kwargs)
+
+
+def torchvision_crop_areas(height, width, n, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3), seed=0):
+    """``float32 [n]`` areas (fractions of the image) of torchvision's RandomResizedCrop on an image of this size:
+    the independent reference for the behaviour policy's views."""
+    from torchvision.transforms import RandomResizedCrop as TorchvisionCrop
+
+    torch.manual_seed(seed)
+    image = torch.zeros(1, height, width)
+    areas = [h * w for _, _, h, w in (TorchvisionCrop.get_params(image, scale, ratio) for _ in range(n))]
+    return torch.tensor(areas, dtype=torch.float32) / (height * width)
+
+
+@pytest.mark.parametrize("height, width", [(1000, 1000), (600, 1000)])
+def test_rrc_views_follow_torchvisions_random_resized_crop(height, width):
+    """The paper's views are torchvision's RandomResizedCrop: area uniform in the scale range, a draw that does not
+    fit drawn again. The "uniform" law matches it quantile by quantile; the "log-uniform" one (the search levels'
+    first views, and the pretrainer's views before crop_area existed) is smaller."""
+    n = 20000
+    reference = torchvision_crop_areas(height, width, n)
+    quantiles = torch.linspace(0.05, 0.95, 19)
+    generator = torch.Generator().manual_seed(1)
+    aspect = torch.full((n,), width / height)
+    areas = {}
+    for law in ("uniform", "log-uniform"):
+        params = EnvParams(**{k: v for k, v in rrc_env_kwargs(4, area=law).items()
+                              if k in ("init_scale", "init_area", "init_aspect", "min_scale", "max_aspect")})
+        retries = torch.rand(n, retry_columns(params), generator=generator)
+        boxes = initial_boxes(torch.rand(n, 4, generator=generator), aspect, params, retries)
+        assert ((boxes >= 0) & (boxes <= 1)).all()
+        pixel_ratio = (boxes[:, 2] - boxes[:, 0]) * width / ((boxes[:, 3] - boxes[:, 1]) * height)
+        assert pixel_ratio.min() >= 0.75 - 1e-4 and pixel_ratio.max() <= 4 / 3 + 1e-4
+        areas[law] = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    gap = (areas["uniform"].quantile(quantiles) - reference.quantile(quantiles)).abs().max()
+    assert gap < 0.02, f"quantiles of the area differ from torchvision's by {gap:.3f}"
+    assert abs(float(areas["uniform"].mean() - reference.mean())) < 0.01
+    assert float(areas["log-uniform"].mean()) < float(reference.mean()) - 0.04  # 0.05 to 0.15 smaller
+    assert abs(float(areas["log-uniform"].log().mean()) - math.log(0.05) / 2) < 0.05  # log-uniform in (0.05, 1)
+    with pytest.raises(ValueError, match="area='normal' is invalid"):
+        rrc_env_kwargs(4, area="normal")
+    with pytest.raises(ValueError, match="init_area"):
+        EnvParams(init_area="normal")
 
 
 # ----------------------------------------------------------------------------------------------- actions
@@ -99,7 +141,7 @@ def test_rrc_policy_draws_independent_legal_views(tiny_shapes):
     box = info["box"]
     assert ((box >= 0) & (box <= 1)).all()
     area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-    assert area.min() >= 0.05 - 1e-6 and area.max() > 0.6 and area.min() < 0.1  # log-uniform in (0.05, 1)
+    assert area.min() >= 0.05 - 1e-6 and area.max() > 0.6 and area.min() < 0.1  # uniform in (0.05, 1)
     ratio = (box[:, 2] - box[:, 0]) / (box[:, 3] - box[:, 1])  # Shapes images are square
     assert ratio.min() >= 0.75 - 1e-4 and ratio.max() <= 4 / 3 + 1e-4
     assert 0.3 < info["aug"][:, FLIP].mean() < 0.7  # flipped half the time, first views included
@@ -219,8 +261,8 @@ def test_candidate_next_views_are_legal_and_follow_the_behaviour_distribution():
     assert area.min() >= 0.05 - 1e-6 and 0.75 < area.max() <= 0.8 + 1e-6  # 4:3 crops of a 5:3 image: <= 0.8
     pixel_ratio = (boxes[..., 2] - boxes[..., 0]) * 200 / ((boxes[..., 3] - boxes[..., 1]) * 120)
     assert pixel_ratio.min() >= 0.75 - 1e-4 and pixel_ratio.max() <= 4 / 3 + 1e-4
-    log_area = area.log().flatten()
-    assert abs(float(log_area.mean()) - (math.log(0.05) + 0) / 2) < 0.15, "log-uniform area"
+    reference = torchvision_crop_areas(120, 200, len(area.flatten()))  # torchvision's law on this image
+    assert abs(float(area.mean()) - float(reference.mean())) < 0.015, "RandomResizedCrop's area law"
     flip = next_aug[:, None, FLIP].expand(n, k)
     torch.testing.assert_close(absolute_box(next_box[:, None].expand(n, k, 4), rel_box, flip), boxes)
     assert 0.4 < rel_aug[..., FLIP].mean() < 0.6 and set(rel_aug[..., FLIP].unique().tolist()) == {0.0, 1.0}

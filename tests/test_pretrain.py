@@ -132,6 +132,20 @@ def test_checkpoint_of_another_model(tiny_shapes, tmp_path):
         load_network(path)
 
 
+def test_a_checkpoint_from_before_crop_area_loads_with_the_law_it_was_trained_with(tiny_shapes, tmp_path):
+    """Runs before ``crop_area`` existed drew their views' area log-uniformly: their checkpoints say so on loading
+    (agents.config.LEGACY_DEFAULTS), while a new run draws it uniformly, as torchvision's RandomResizedCrop."""
+    train(tiny(tiny_shapes, tmp_path, total_steps=2))
+    path = tmp_path / "run" / "checkpoint.pt"
+    assert load_checkpoint(path)["config"].crop_area == "uniform" == PretrainConfig().crop_area
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["crop_area"]
+    torch.save(payload, path)
+    assert load_checkpoint(path)["config"].crop_area == "log-uniform"
+    with pytest.raises(CheckpointError, match=r"another data stream: \['crop_area'\]"):
+        train(tiny(tiny_shapes, tmp_path, total_steps=4, resume=True))
+
+
 def test_bad_arguments(tiny_shapes, tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_config(["--annotations", "pixels"])
@@ -161,7 +175,8 @@ def test_bad_arguments(tiny_shapes, tmp_path, capsys):
                              "num_prototypes", "value_depth", "value_dim", "probe_train_images")),
     ("env", "mnist"), ("annotations", "pixels"), ("encoder", "vgg"), ("pool", "max"), ("gamma", 1.0),
     ("backup", "softmax"), ("bootstrap_weight", -1.0), ("replay_ratio", 0.0), ("policy", "greedy"), ("views", 1),
-    ("crop_scale", (0.5, 0.1)), ("crop_ratio", (2.0, 1.0)), ("ema_momentum", 1.5), ("lr", 0.0),
+    ("crop_scale", (0.5, 0.1)), ("crop_ratio", (2.0, 1.0)), ("crop_area", "normal"), ("ema_momentum", 1.5),
+    ("lr", 0.0),
     ("weight_decay", -1.0), ("warmup_steps", -1), ("num_workers", -1), ("augmentations", ("sepia",)),
 ])
 def test_each_invalid_field_names_its_own_flag(name, value):

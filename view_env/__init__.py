@@ -19,18 +19,22 @@ from view_env.core import (
     BOOLEAN_AUGS,
     DIFFICULTIES,
     IDENTITY,
+    INIT_AREAS,
+    RRC_TRIES,
     EnvParams,
     augment,
     identity_aug,
     initial_boxes,
+    retry_columns,
     strength_to_aug,
 )
 from view_env.data import default_canvas_size
 from view_env.render import render_views
 
 __all__ = [
-    "AUGMENTATIONS", "AUG_RANGES", "BOOLEAN_AUGS", "DIFFICULTIES", "ENV_IDS", "IDENTITY", "EnvParams", "augment",
-    "default_canvas_size", "identity_aug", "initial_boxes", "render_views", "strength_to_aug",
+    "AUGMENTATIONS", "AUG_RANGES", "BOOLEAN_AUGS", "DIFFICULTIES", "ENV_IDS", "IDENTITY", "INIT_AREAS", "RRC_TRIES",
+    "EnvParams", "augment", "default_canvas_size", "identity_aug", "initial_boxes", "render_views", "retry_columns",
+    "strength_to_aug",
 ]
 
 __version__ = "0.1.0"

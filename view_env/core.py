@@ -55,6 +55,18 @@ DIFFICULTIES: dict[str, dict[str, object]] = {
     "hard": {},
 }
 OBS_MODES = ("view", "dict")
+#: Laws of the initial view's area (:attr:`EnvParams.init_area`).
+INIT_AREAS = ("log-uniform", "uniform")
+#: Draws of (area, aspect) the ``"uniform"`` law tries before it shrinks a view to fit, as torchvision's
+#: RandomResizedCrop tries 10 before it falls back to a centre crop.
+RRC_TRIES = 10
+
+
+def retry_columns(params: EnvParams) -> int:
+    """Uniform draws :func:`initial_boxes` takes as ``retries`` under ``params``: ``2 * (RRC_TRIES - 1)`` for the
+    ``"uniform"`` area law (an area and an aspect per further try), 0 for ``"log-uniform"`` (it shrinks the first
+    draw to fit, as it always did)."""
+    return 2 * (RRC_TRIES - 1) if params.init_area == "uniform" else 0
 
 Task = str | Callable[[torch.Tensor], torch.Tensor]
 
@@ -80,8 +92,12 @@ class EnvParams:
         max_pan: Continuous ``dx, dy`` in ``[-1, 1]`` move the view by up to this many view widths/heights.
         max_log_scale: Continuous log-scale in ``[-1, 1]`` scales the view's sides by up to ``exp`` of this.
         max_log_aspect: Continuous log-aspect in ``[-1, 1]`` changes the aspect by up to ``exp`` of this.
-        init_scale: Range of the initial view's area (fraction of the image), drawn log-uniformly; ``(1, 1)``
+        init_scale: Range of the initial view's area (fraction of the image), drawn by ``init_area``; ``(1, 1)``
             starts every episode from the whole image.
+        init_area: How the initial view's area is drawn in ``init_scale``: ``"log-uniform"`` (default: every
+            scale equally often, for the search levels) or ``"uniform"`` (uniform in the area itself, as
+            torchvision's ``RandomResizedCrop``, timm's and big_vision's inception crop draw it: the paper's
+            views; its mean area over ``(0.05, 1)`` is about 0.5 against 0.32 log-uniformly).
         init_aspect: Range of the initial view's pixel aspect, drawn log-uniformly.
         init_augment: Begin each episode with every enabled augmentation at a random strength, drawn uniformly in
             ``[-1, 1]`` as a uniform continuous action would (see :func:`strength_to_aug`); ``False`` begins at the
@@ -114,6 +130,7 @@ class EnvParams:
     max_log_scale: float = math.log(1.5)
     max_log_aspect: float = math.log(1.5)
     init_scale: tuple[float, float] = (0.25, 1.0)
+    init_area: str = "log-uniform"
     init_aspect: tuple[float, float] = (3 / 4, 4 / 3)
     init_augment: bool = False
     coverage_grid: int | None = None
@@ -144,6 +161,7 @@ class EnvParams:
         need(self.aspect_factor > 1, "aspect_factor", "> 1")
         need(len(self.init_scale) == 2 and self.min_scale <= self.init_scale[0] <= self.init_scale[1] <= 1,
              "init_scale", f"(low, high) with min_scale={self.min_scale} <= low <= high <= 1")
+        need(self.init_area in INIT_AREAS, "init_area", f"one of {INIT_AREAS}")
         need(len(self.init_aspect) == 2 and 0 < self.init_aspect[0] <= self.init_aspect[1], "init_aspect",
              "(low, high) with 0 < low <= high")
         need(isinstance(self.init_augment, bool), "init_augment", "True or False")
@@ -305,26 +323,40 @@ def _unpack(box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
 
 
-def initial_boxes(uniforms: torch.Tensor, aspect: torch.Tensor, params: EnvParams) -> torch.Tensor:
-    """Random initial views, like RandomResizedCrop: log-uniform area and pixel aspect, uniform position.
+def initial_boxes(uniforms: torch.Tensor, aspect: torch.Tensor, params: EnvParams,
+                  retries: torch.Tensor | None = None) -> torch.Tensor:
+    """Random initial views, like RandomResizedCrop: area drawn by ``params.init_area`` in ``params.init_scale``,
+    log-uniform pixel aspect in ``params.init_aspect``, uniform position.
 
-    A draw that does not fit in the image (a side longer than the image's) is shrunk about its aspect until it
-    fits, as torchvision's RandomResizedCrop falls back to a smaller crop, so the pixel aspect always stays within
+    ``"uniform"`` is torchvision's law: area uniform, and a draw that does not fit in the image (a side longer than
+    the image's) is drawn again, up to :data:`RRC_TRIES` draws in all (``retries``); ``"log-uniform"`` draws the
+    area's logarithm uniformly and takes the first draw. A view that still does not fit is shrunk about its aspect
+    until it does (where torchvision falls back to a centre crop), so the pixel aspect always stays within
     ``init_aspect``.
 
     Args:
-        uniforms: ``float32 [N, 4]`` uniform draws in ``[0, 1)``.
+        uniforms: ``float32 [N, 4]`` uniform draws in ``[0, 1)``: area, aspect, horizontal and vertical position.
         aspect: ``float32 [N]`` image width / height.
+        params: The environment's parameters.
+        retries: ``float32 [N, 2 * k]`` further uniform draws, an (area, aspect) pair per further try
+            (:func:`retry_columns` of them for ``params``); ``None``: no further try.
 
     Returns:
         ``float32 [N, 4]`` legal boxes.
     """
-    lo, hi = (math.log(v) for v in params.init_scale)
-    area = torch.exp(lo + (hi - lo) * uniforms[:, 0])
+    area_u, ratio_u = uniforms[:, :1], uniforms[:, 1:2]  # (N, 1): the first try
+    if retries is not None and retries.shape[1]:
+        area_u, ratio_u = torch.cat([area_u, retries[:, 0::2]], 1), torch.cat([ratio_u, retries[:, 1::2]], 1)
+    lo, hi = params.init_scale
+    if params.init_area == "uniform":
+        area = lo + (hi - lo) * area_u  # (N, T)
+    else:
+        area = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * area_u)
     alo, ahi = (math.log(v) for v in params.init_aspect)
-    ratio = torch.exp(alo + (ahi - alo) * uniforms[:, 1]) / aspect
-    w = torch.sqrt(area * ratio)
-    h = torch.sqrt(area / ratio)
+    ratio = torch.exp(alo + (ahi - alo) * ratio_u) / aspect[:, None]
+    w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)  # (N, T) in image widths / heights
+    first = ((w <= 1) & (h <= 1)).to(torch.int8).argmax(dim=1, keepdim=True)  # the first try that fits, else 0
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
     fit = torch.minimum(1 / w, 1 / h).clamp(max=1.0)  # shrink, keeping the aspect, where a side exceeds the image
     w, h = w * fit, h * fit
     cx = w / 2 + (1 - w) * uniforms[:, 2]
@@ -590,14 +622,16 @@ def reset(params: EnvParams, data: EnvData, state: EnvState, mask: torch.Tensor,
         The new state (``N`` rows).
     """
     episode = state.episode + mask.long()  # the counter of a fresh episode
-    u = rng.uniform(key.seed, key.env_ids, episode, 6 + len(params.augmentations))
+    extra = retry_columns(params)  # drawn after the others: the first columns do not depend on the area law
+    u = rng.uniform(key.seed, key.env_ids, episode, 6 + len(params.augmentations) + extra)
     if data.target_slots is not None:  # an image that holds an eligible target
         pick = (u[:, 0] * len(data.target_slots)).long().clamp(max=len(data.target_slots) - 1)
         slot = data.target_slots[pick]
     else:
         slot = (u[:, 0] * data.num_images).long().clamp(max=data.num_images - 1)
     aspect = image_aspect(data.sizes[slot])
-    box = initial_boxes(u[:, 1:5], aspect, params)
+    augs = 6 + len(params.augmentations)
+    box = initial_boxes(u[:, 1:5], aspect, params, u[:, augs:])
     if params.task == "search":
         fixed = None if params.target == "random" else int(params.target)
         target, target_coverage = draw_targets(u[:, 5], data.labels[slot], data.boxes[slot], params, fixed)
@@ -605,7 +639,7 @@ def reset(params: EnvParams, data: EnvData, state: EnvState, mask: torch.Tensor,
         target, target_coverage = torch.full_like(slot, -1), torch.ones_like(u[:, 5])
     aug = identity_aug(len(slot), box.device)
     if params.init_augment:
-        aug = augment(aug, u[:, 6:] * 2 - 1, params)
+        aug = augment(aug, u[:, 6:augs] * 2 - 1, params)
     fresh = EnvState(slot, box, aug, torch.zeros_like(slot), episode, target, target_coverage)
     return state.where(mask, fresh)
 
