@@ -40,6 +40,12 @@ seeded by ``(seed, round)``, the same replay ratio and batch), so every row sees
 is equal in optimiser steps and views, not in compute: a base method skips the value head and so runs faster per
 step.
 
+The views' area law: the runs of docs/results/pretrain_table.json (and of its reprobe on every train image,
+docs/results/pretrain_table_all_images.json) drew each view's area log-uniformly in ``crop_scale``, before
+``crop_area`` existed; the pretrainer now draws it uniformly, as torchvision's RandomResizedCrop (larger views, a mean
+area of 0.46 against 0.32). Those JSONs resume, and their runs are probed again, only with ``--set
+crop_area=log-uniform``; new rows are trained under the uniform law into a new JSON.
+
 Probes: the same as ``agents.pretrain --probe`` (``agents.probe.run_probes``: presence mAP, box top-1, k-NN top-1,
 count accuracy and MAE, and the attentive probes' box top-1 and presence mAP) on the same images
 (``--probe-train-images`` train images drawn with the seed, the whole val

@@ -51,8 +51,17 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     assert first["settings"]["config"]["total_steps"] == 2
     assert "Above the colour-grid floor on every probe" in out and "Above the chance (image-blind) on every" in out
 
-    # A JSON written before a config field existed resumes: the missing field takes its default.
+    # A JSON written before crop_area existed ran log-uniform views (agents.config.LEGACY_DEFAULTS): resuming it
+    # under today's uniform law is refused by name.
+    legacy = json.loads(results.read_text())
+    del legacy["settings"]["config"]["crop_area"]
+    results.write_text(json.dumps(legacy))
+    with pytest.raises(SystemExit):
+        pretrain_table.main([*common, "--rows", "random-init", "--resume-json", str(results)])
+    assert "crop_area differ" in capsys.readouterr().err
+    # A JSON written before another config field existed resumes: the missing field takes its default.
     older = json.loads(results.read_text())
+    older["settings"]["config"]["crop_area"] = "uniform"
     del older["settings"]["config"]["target_network"]
     results.write_text(json.dumps(older))
     # Resume with one more row: the finished runs are skipped and kept as they were; only the new row runs.
