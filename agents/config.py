@@ -244,12 +244,13 @@ PRESETS: dict[str, Preset] = {
         "The default (`make run`): the labels GVF on Shapes, the 4-layer CNN at 32 px, the paper's RandomResizedCrop "
         "pairs (4 views per image), 1,200 steps of 256 transitions on CPU.\n"
         "Command: python -m agents.pretrain --preset shapes-labels-cpu\n"
-        "Reaches (Shapes val, mean of seeds 0, 1, 2, code of commit 3e24aff with --total-steps 1200, the default since "
-        "4a645fb; 2 Intel Xeon cores in float32, 534 to 578 s wall each): presence mAP 0.451, box top-1 0.332, k-NN "
-        "top-1 0.322, count accuracy 0.217, attentive presence mAP 0.436, attentive box top-1 0.439 (random init: "
-        "0.423, 0.198, 0.151, 0.186, 0.421, 0.226; colour-grid floor: 0.402, 0.119, 0.185, 0.145, 0.402, 0.119), above "
-        "random init and the floor on every probe by more than the seed spread. At 1,500 steps (2 AMD EPYC cores "
-        "under bf16, 7.0 to 7.7 min; 13 min on the Xeon): 0.450, 0.386, 0.371, 0.229, 0.448, 0.485.",
+        "Reaches (Shapes val, mean of seeds 0, 1, 2, code of commit b82734b, the views' area uniform as torchvision "
+        "draws it; 2 Intel Xeon cores in float32, docs/gvf.md): presence mAP 0.455, box top-1 0.335, k-NN top-1 "
+        "0.326, count accuracy 0.209, attentive presence mAP 0.446, attentive box top-1 0.438 (random init: 0.423, "
+        "0.198, 0.151, 0.186, 0.421, 0.226; colour-grid floor: 0.402, 0.119, 0.185, 0.145, 0.402, 0.119), above "
+        "random init and the floor on every probe by more than the seed spread. With the earlier log-uniform areas "
+        "(commit 3e24aff, 534 to 578 s wall each on the same machine): 0.451, 0.332, 0.322, 0.217, 0.436, 0.439; at "
+        "1,500 steps (2 AMD EPYC cores under bf16, 7.0 to 7.7 min): 0.450, 0.386, 0.371, 0.229, 0.448, 0.485.",
     ),
     "shapes-views-cpu": Preset(
         {"annotations": "views", "total_steps": 1200,
