@@ -143,7 +143,7 @@ def rrc_env_kwargs(views: int = 4, scale: tuple[float, float] = RRC_SCALE, ratio
     others (``init_scale=scale``, ``init_area=area``, ``init_aspect=ratio``, ``init_augment=True``); the smallest
     legal view is ``scale[0]``. ``area="uniform"`` (default) draws the area uniformly in ``scale``, as
     torchvision's RandomResizedCrop does; ``"log-uniform"`` draws its logarithm uniformly (smaller views: a mean
-    area of 0.32 over ``(0.05, 1)`` against about 0.5), as this project did before.
+    area of 0.32 over ``(0.05, 1)`` against 0.46 on a square image), as this project did before.
 
     Raises:
         ValueError: ``views < 2``, or a range that is not ``0 < low <= high`` (``scale`` within ``(0, 1]``), or

@@ -112,7 +112,7 @@ class PretrainConfig:
     crop_ratio: tuple[float, ...] = option((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range, as "
                                            "``low,high``.")
     crop_area: str = option("uniform", "How a view's area is drawn in ``crop_scale``: ``uniform`` (torchvision's "
-                            "RandomResizedCrop, the paper's views; mean area about 0.5 over 0.05-1) or "
+                            "RandomResizedCrop, the paper's views; mean area 0.46 of a square image over 0.05-1) or "
                             "``log-uniform`` (smaller views, mean 0.32: the law of runs before this field existed).")
     buffer_size: int = option(8192, "Transitions held by the replay ring buffer (per process); memory does not "
                               "grow beyond it.")

@@ -97,7 +97,7 @@ class EnvParams:
         init_area: How the initial view's area is drawn in ``init_scale``: ``"log-uniform"`` (default: every
             scale equally often, for the search levels) or ``"uniform"`` (uniform in the area itself, as
             torchvision's ``RandomResizedCrop``, timm's and big_vision's inception crop draw it: the paper's
-            views; its mean area over ``(0.05, 1)`` is about 0.5 against 0.32 log-uniformly).
+            views; its mean area over ``(0.05, 1)`` is 0.46 of a square image, against 0.32 log-uniformly).
         init_aspect: Range of the initial view's pixel aspect, drawn log-uniformly.
         init_augment: Begin each episode with every enabled augmentation at a random strength, drawn uniformly in
             ``[-1, 1]`` as a uniform continuous action would (see :func:`strength_to_aug`); ``False`` begins at the
