@@ -299,8 +299,8 @@ class _Learner:
         momentum = gvf.ema_momentum(step, config.total_steps, base=self.base_momentum) if config.target_network else 0.0
         gvf.ema_update(self.target, self.online, momentum)
         iou = pair_iou(batch["box"], batch["next_box"])
-        metrics.update(lr=lr, momentum=momentum, pair_iou=float(iou.mean()),
-                       pair_disjoint=float((iou == 0).float().mean()))
+        overlap, disjoint = torch.stack([iou.mean(), (iou == 0).float().mean()]).tolist()  # one device sync
+        metrics.update(lr=lr, momentum=momentum, pair_iou=overlap, pair_disjoint=disjoint)
         return metrics
 
 
