@@ -231,7 +231,7 @@ def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp
     monkeypatch.setattr(pretrain_table, "DOCS", docs)
     config = {"total_steps": 200, "batch_size": 64, "buffer_size": 8192, "replay_ratio": 2.0, "policy": "rrc",
               "views": 4, "augmentations": ["flip"], "encoder": "cnn", "obs_size": 32, "lr": 0.002, "gamma": 0.5,
-              "backup": "max"}
+              "backup": "max", "crop_scale": [0.05, 1.0]}
     machine = "AMD EPYC, 2 cores"
     meta = {"invocations": [{"command": "python benchmarks/pretrain_table.py --write-docs", "runs": 39,
                              "wall_seconds": 3727.6, "commit": "be94cb0", "machine": machine},
@@ -246,16 +246,21 @@ def test_reading_names_rows_below_random_init_and_docs_name_every_invocation(tmp
             "be94cb0); then `python benchmarks/pretrain_table.py --resume-json r.json --write-docs` (0 runs, wall "
             "time 2 s, commit abc1234) on AMD EPYC, 2 cores. The 39 runs in the JSON took 3690 s") in text
     assert "200 steps x 64 transitions (12,800 samples)" in text and "policy rrc, 4 views per image" in text
+    # A config written before crop_area existed drew the views' area log-uniformly (LEGACY_DEFAULTS).
+    assert "views of log-uniform area in 0.05-1 of the image" in text
     assert "Raw per-seed results: `docs/results/pretrain_table.json`." in text
     assert "- Below the random-init encoder on box top-1 by more than the seed spread: SimCLR." in text
     # Another section (the table under other probe settings): appended once under its own heading, then replaced
     # in place; the default section is left as it was.
-    other = {**meta, "settings": {**meta["settings"], "probe_train_images": 10000}}
+    other = {**meta, "settings": {**meta["settings"], "probe_train_images": 10000,
+                                  "config": {**config, "crop_area": "uniform"}}}
     for _ in range(2):
         pretrain_table.write_docs("| new table |", lines, other, tmp_path / "figure2.png", "pretrain_table_all")
     again = docs.read_text()
     assert again.startswith(text) and again.count("<!-- pretrain_table_all:start -->") == 1
-    assert again.count("## Pretraining comparison on Shapes, probes fitted on 10,000 train images") == 1
+    assert again.count("## Pretraining comparison on Shapes: uniform view areas, probes fitted on 10,000 train "
+                       "images") == 1
+    assert "views of uniform area in 0.05-1 of the image" in again
     assert "| new table |" in again and "figure2.png" in again
 
 
