@@ -994,6 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python benchmarks/pretrain_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     command = command.strip()
     started = time.perf_counter()
+    code = commit()  # the code that runs is the code loaded now, whatever HEAD is when a run ends
     todo = [(seed, name) for seed in range(args.seeds) for name in args.row_names
             if str(seed) not in runs.get(name, {})]
     skipped = [(seed, name) for seed in range(args.seeds) for name in args.row_names if str(seed) in runs.get(name, {})]
@@ -1022,7 +1023,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError as error:
                 parser.error(str(error))
             result = {**held, "probes": probes, "probe_seconds": time.perf_counter() - began,
-                      "reprobed": {"machine": machine(), "commit": commit()}}
+                      "reprobed": {"machine": machine(), "commit": code}}
             result.pop("by_machine", None)  # other machines' probes of a floor are of the probes before the change
             if row.overrides is not None:  # this machine's floors of the seed are too: probed again below
                 for floor in MACHINE_REFERENCES:
@@ -1033,7 +1034,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = pretrain_and_probe(row_config(base, row, seed, args.out_dir), data)
         if held is None:
-            result.update(machine=machine(), commit=commit())
+            result.update(machine=machine(), commit=code)
             if row.overrides is not None:
                 result["overrides"] = recorded_overrides(row)
         runs.setdefault(name, {})[str(seed)] = result
@@ -1051,7 +1052,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         began = time.perf_counter()
         probes = probe_only(name, base, seed, probe_cache[seed])
         runs[name][str(seed)].setdefault("by_machine", {})[machine()] = {
-            "probes": probes, "commit": commit(), "probe_seconds": time.perf_counter() - began}
+            "probes": probes, "commit": code, "probe_seconds": time.perf_counter() - began}
         _write_json(args.json, document)
         print(f"[{number}/{len(references)}] {name} seed {seed} probed on this machine too (a run of the seed was "
               f"probed here): {time.perf_counter() - began:.0f} s", flush=True)
@@ -1059,7 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     document["invocations"].append({"command": command, "wall_seconds": wall, "runs": fresh,
                                     "reprobed": len(skipped) if args.reprobe else 0,
                                     "floors_probed_here": len(references),
-                                    "machine": machine(), "commit": commit()})
+                                    "machine": machine(), "commit": code})
     _write_json(args.json, document)
 
     table = aggregate(runs, args.seeds)
@@ -1078,7 +1079,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_seconds = sum((r.get("train_seconds") or 0) + (r.get("probe_seconds") or 0)
                       + sum(e.get("probe_seconds", 0) for e in r.get("by_machine", {}).values())
                       for per_row in runs.values() for r in per_row.values())
-    print(f"\nwall time {wall:.0f} s on {machine()}, commit {commit()}; results {args.json}, figure {args.plot}")
+    print(f"\nwall time {wall:.0f} s on {machine()}, commit {code}; results {args.json}, figure {args.plot}")
     if args.write_docs:
         meta = {"invocations": document["invocations"], "settings": wanted, "json": relative(args.json),
                 "runs_total": sum(len(v) for v in runs.values()), "run_seconds": run_seconds,

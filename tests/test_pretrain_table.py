@@ -18,9 +18,11 @@ TINY = ["--set", "obs_size=32", "embed_dim=32", "value_depth=1", "value_dim=32",
         "num_next_actions=4", "batch_size=8", "num_envs=4", "--buffer-size", "64", "--steps", "2", "--seeds", "1"]
 
 
-def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, capsys):
+def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, capsys, monkeypatch):
     results, figure, out_dir = tmp_path / "table.json", tmp_path / "table.png", tmp_path / "runs"
     common = ["--shapes-root", str(tiny_shapes), "--out-dir", str(out_dir), "--plot", str(figure), *TINY]
+    heads = iter(f"head{i}" for i in range(100))  # HEAD moves on every call: a commit made while the table runs
+    monkeypatch.setattr(pretrain_table, "commit", lambda: next(heads))
     assert pretrain_table.main([*common, "--rows", "random-init,colour-grid,chance,ab-simclr", "--json",
                                 str(results)]) == 0
     out = capsys.readouterr().out
@@ -49,6 +51,9 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     assert (tmp_path / "pretrain_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "curves" not in first["runs"]["random-init"]["0"]  # an untrained row has none
     assert first["settings"]["config"]["total_steps"] == 2
+    # Every run, and the invocation, name the commit whose code was loaded when it started, not a later HEAD.
+    assert {r["0"]["commit"] for r in first["runs"].values()} == {"head0"}
+    assert [i["commit"] for i in first["invocations"]] == ["head0"]
     assert "Above the colour-grid floor on every probe" in out and "Above the chance (image-blind) on every" in out
 
     # A JSON written before crop_area existed ran log-uniform views (agents.config.LEGACY_DEFAULTS): resuming it
