@@ -759,11 +759,6 @@ def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def format_scale(scale: Sequence[float] | None) -> str:
-    """``[0.05, 1.0]`` as ``0.05-1``: the range of a view's area (a fraction of the image's), or ``?`` if unrecorded."""
-    return "?" if not scale else "-".join(f"{bound:g}" for bound in scale)
-
-
 def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: Path, section_name: str = SECTION
                ) -> None:
     figure_ref = relative(figure, DOCS.parent)
@@ -777,6 +772,7 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
     machines = "; ".join(dict.fromkeys(i["machine"] for i in invocations))
     start, end = markers(section_name)
     area = base.get("crop_area", LEGACY_DEFAULTS["crop_area"])  # JSONs written before the field: log-uniform
+    scale = "-".join(f"{bound:g}" for bound in base["crop_scale"])  # [0.05, 1.0] as 0.05-1
     heading = HEADING if section_name == SECTION else (
         f"{HEADING}: {area} view areas, probes fitted on {meta['settings']['probe_train_images']:,} train images")
     section = "\n".join([
@@ -788,7 +784,7 @@ def write_docs(table_text: str, lines: list[str], meta: dict[str, Any], figure: 
         f"({base['total_steps'] * base['batch_size']:,} samples), the same stream of transitions per seed "
         f"(policy {base['policy']}, {base['views']} views per image, every ordered pair; a replay buffer of "
         f"{base['buffer_size']:,} at replay ratio {base['replay_ratio']}), the `{base['encoder']}` encoder at "
-        f"{base['obs_size']} px, views of {area} area in {format_scale(base.get('crop_scale'))} of the image, "
+        f"{base['obs_size']} px, views of {area} area in {scale} of the image, "
         f"augmentations {', '.join(base['augmentations']) or 'none'}, lr {base['lr']}, "
         f"gamma {base['gamma']} and {base['backup']} backup unless the row says otherwise. Probes on the Shapes val "
         f"split ({meta['settings']['probe_val_images'] or 'all'} images), fitted on "
