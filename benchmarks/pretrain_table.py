@@ -420,7 +420,8 @@ def aggregate(runs: dict[str, dict[str, Any]], seeds: int) -> dict[str, dict[str
 
     A floor of :data:`MACHINE_REFERENCES` also gets ``primary`` (the machines of its own ``probes``) and
     ``machines``: its statistics per machine that probed any of its seeds, the primary one left out when there is a
-    single one. A trained row gets ``precision`` (of its runs' losses) and ``versus``: per floor, the floor's
+    single one. A trained row gets ``precision`` (per precision its runs' losses ran in, ``"bf16"``, ``"float32"``
+    or ``"not recorded"``, the seeds that ran in it) and ``versus``: per floor, the floor's
     statistics over the seeds both hold, each seed's probes from the machine that probed the row's run of that seed
     (``unmatched``: seeds whose machine has none, which fall back to the floor's own ``probes``; ``missing``: seeds
     of the row the floor does not hold).
@@ -443,7 +444,10 @@ def aggregate(runs: dict[str, dict[str, Any]], seeds: int) -> dict[str, dict[str
             entry["primary"] = primary
             entry["machines"] = {m: _statistics(v) for m, v in sorted(others.items(), key=lambda i: str(i[0]))}
         elif ROWS[name].overrides is not None:
-            entry["precision"] = sorted({r.get("precision", "not recorded") for r in per_seed.values()})
+            kinds: dict[str, list[int]] = {}
+            for seed, result in per_seed.items():
+                kinds.setdefault(result.get("precision", "not recorded"), []).append(int(seed))
+            entry["precision"] = {kind: kinds[kind] for kind in sorted(kinds)}
             entry["versus"] = {}
             for reference in MACHINE_REFERENCES:
                 held = runs.get(reference, {})
@@ -621,8 +625,10 @@ def _machines_reading(table: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"Set against a floor over fewer seeds than the row: {'; '.join(missing)}.")
     kinds: dict[str, list[str]] = {}
     for name, e in table.items():
-        for kind in e.get("precision", ()):
-            kinds.setdefault(kind, []).append(ROWS[name].label)
+        mixed = len(e.get("precision", {})) > 1  # its seeds ran on machines of either kind: say which seeds
+        for kind, seeds in e.get("precision", {}).items():
+            which = f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if mixed else ""
+            kinds.setdefault(kind, []).append(ROWS[name].label + which)
     if len(kinds) > 1:  # bf16 autocast runs only where the CPU computes it natively: say which rows ran in what
         lines.append("The loss ran in " + "; in ".join(f"{kind} for {', '.join(rows)}" if kind != "not recorded"
                                                       else f"a precision not recorded (older runs) for "

@@ -365,6 +365,15 @@ def test_floors_are_matched_to_the_machine_that_probed_each_run():
     assert ("Set against a floor over fewer seeds than the row: SimCLR (colour-grid floor lacks 2 of its seeds); "
             "AB-SimCLR (colour-grid floor lacks 2 of its seeds).") in lines
     assert "The loss ran in bf16 for AB-SimCLR; in float32 for SimCLR." in lines
+    assert table["simclr"]["precision"] == {"float32": [0, 1, 2]}
+    # A row whose seeds ran in different precisions (trained on machines with and without native bf16): the
+    # sentence names the seeds of each.
+    runs["simclr"]["2"]["precision"] = "bf16"
+    table = pretrain_table.aggregate(runs, 3)
+    assert table["simclr"]["precision"] == {"bf16": [2], "float32": [0, 1]}
+    assert ("The loss ran in bf16 for SimCLR (seed 2), AB-SimCLR; in float32 for SimCLR (seeds 0, 1)."
+            in pretrain_table.reading(table))
+    runs["simclr"]["2"]["precision"] = "float32"
 
     # Seeds of one floor first probed on different machines: the row says so, and each machine gets its own row.
     runs["random-init"]["2"] = run(0.50, xeon)
