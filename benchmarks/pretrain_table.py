@@ -60,7 +60,10 @@ the table shows a floor's other machines in rows under it). The table gives the 
 the sample standard deviation over seeds; each run also records the diagnostics of its last 10% of steps (the
 bootstrap cross-entropy, the entropy of the TD targets against that of a uniform target, the DINO teacher's entropy
 and feature cosine, the overlap of the batches' two views (mean IoU, fraction of disjoint pairs), the target network's
-drift and the fraction of time spent collecting).
+drift and the fraction of time spent collecting). The loss runs under bf16 autocast only on hardware that computes
+bf16 natively (``agents.pretrain.use_bf16``), so each run records the ``precision`` it ran in and the reading names
+it per row (and per seed where a row's seeds differ); ``--set bf16=false`` keeps a machine with native bf16 in
+float32, to continue a table of float32 runs (the flag is not among the settings a resumed JSON must match).
 
 Outputs: the table and a plain reading on stdout; the raw per-seed results as JSON (``--json``, written after every
 run, so ``--resume-json`` can continue a killed run, skipping the (row, seed) pairs it already holds); a PNG of
@@ -271,10 +274,17 @@ def base_config(args: TableArgs) -> PretrainConfig:
 PROBE_SETTINGS = ("probe_train_images", "probe_val_images")
 
 
+#: Config fields of how a run executes, not of what it computes: not part of a JSON's settings. ``bf16`` is one of
+#: them because autocast follows the hardware (only where bf16 is native): each run records the ``precision`` its
+#: loss ran in, the table's reading names it per row and seed, and ``--set bf16=false`` on a machine with native
+#: bf16 continues a table of float32 runs in float32.
+EXECUTION_FIELDS = ("seed", "out", "data", "resume", "progress", "probe", "device", "num_workers", "bf16")
+
+
 def settings(base: PretrainConfig, args: TableArgs) -> dict[str, Any]:
     """What must match for results to be comparable (and for ``--resume-json`` to continue them)."""
     config = config_to_dict(base)
-    for name in ("seed", "out", "data", "resume", "progress", "probe", "device", "num_workers"):
+    for name in EXECUTION_FIELDS:
         config.pop(name)
     return {"config": config, "probe_train_images": args.probe_train_images,
             "probe_val_images": args.probe_val_images}
@@ -931,6 +941,7 @@ def _resumed_document(args: TableArgs, wanted: dict[str, Any]) -> dict[str, Any]
                          "with --json") from None
     old = previous.get("settings", {})
     if isinstance(old.get("config"), dict):
+        old["config"] = {k: v for k, v in old["config"].items() if k not in EXECUTION_FIELDS}  # older JSONs held bf16
         # A field added to PretrainConfig after the JSON was written takes its default there: defaults keep the
         # behaviour the code had before the field existed.
         defaults = {**config_to_dict(PretrainConfig()), **LEGACY_DEFAULTS}

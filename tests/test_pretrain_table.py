@@ -68,14 +68,19 @@ def test_smallest_run_writes_table_json_png_and_resumes(tiny_shapes, tmp_path, c
     older = json.loads(results.read_text())
     older["settings"]["config"]["crop_area"] = "uniform"
     del older["settings"]["config"]["target_network"]
+    assert "bf16" not in older["settings"]["config"]  # how a run executes is not a setting: JSONs before held it
+    older["settings"]["config"]["bf16"] = True
     results.write_text(json.dumps(older))
-    # Resume with one more row: the finished runs are skipped and kept as they were; only the new row runs.
+    # Resume with one more row: the finished runs are skipped and kept as they were; only the new row runs, here
+    # in float32 whatever the CPU (the precision is recorded per run, not a setting the JSON must match).
     assert pretrain_table.main([*common, "--rows", "random-init,colour-grid,chance,ab-simclr,labels",
-                                "--resume-json", str(results)]) == 0
+                                "--resume-json", str(results), *TINY[:TINY.index("--buffer-size")],
+                                "bf16=false"]) == 0
     out = capsys.readouterr().out
     assert "skip random-init seed 0" in out and "skip ab-simclr seed 0" in out
     assert "1 runs:" in out and "labels seed 0" in out
     second = json.loads(results.read_text())
+    assert second["runs"]["labels"]["0"]["precision"] == "float32"
     assert second["runs"]["ab-simclr"] == first["runs"]["ab-simclr"]
     assert second["runs"]["random-init"] == first["runs"]["random-init"]
     assert set(second["runs"]) == {"random-init", "colour-grid", "chance", "ab-simclr", "labels"}
